@@ -1,0 +1,141 @@
+"""The sync service: what changed among the keys a client knows.
+
+Example (in-process, e.g. for server-side rendering)::
+
+    service = SyncService(DBAPIReader.from_url("postgresql://app@db/app"))
+    service.sync({"room:7": 3})
+    # {"changed": {"room:7": {"key": "room:7", "version": 5, ...}}, "serverTime": ..., "epoch": ...}
+
+The ASGI and WSGI apps wrap :meth:`SyncService.handle`, so every entry point validates and
+answers the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ConfigurationError, ProtocolError, StoreError
+from .protocol import Limits, parse_body, problem, validate_known
+from .reader import VersionReader
+
+log = logging.getLogger("reality.sync")
+
+#: Decides which keys a caller may learn about. Called once per request with the whole batch
+#: and the request's headers (lower-cased names); returns the keys it allows.
+Authorizer = Callable[[frozenset[str], Mapping[str, str]], Collection[str]]
+
+JSON = "application/json"
+PROBLEM_JSON = "application/problem+json"
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    status: int
+    body: bytes
+    content_type: str = JSON
+    headers: tuple[tuple[str, str], ...] = field(default=())
+
+
+class SyncService:
+    """Answers sync requests from a :class:`~reality_core.reader.VersionReader`.
+
+    ``limits`` bound each request; ``authorizer`` (optional) filters the keys a caller may
+    see — a request naming any refused key gets 403; ``retry_after`` is the ``Retry-After``
+    (seconds) sent with 503 when the store cannot be read.
+    """
+
+    def __init__(
+        self,
+        reader: VersionReader,
+        *,
+        limits: Limits | None = None,
+        authorizer: Authorizer | None = None,
+        retry_after: int = 2,
+    ) -> None:
+        if limits is not None and not isinstance(limits, Limits):
+            raise ConfigurationError(f"limits must be a reality_core.Limits, not {limits!r}")
+        if authorizer is not None and not callable(authorizer):
+            raise ConfigurationError("authorizer must be callable (keys, headers) -> allowed keys")
+        if isinstance(retry_after, bool) or not isinstance(retry_after, int) or retry_after < 1:
+            raise ConfigurationError(f"retry_after must be a positive int, not {retry_after!r}")
+        self.reader = reader
+        self.limits = limits or Limits()
+        self.authorizer = authorizer
+        self.retry_after = retry_after
+
+    def sync(
+        self, known: Mapping[str, int], *, headers: Mapping[str, str] | None = None
+    ) -> dict[str, Any]:
+        """The protocol's response for ``known``, as a dict. Raises :class:`ProtocolError`
+        for invalid input and :class:`StoreError` when the store cannot be read."""
+        checked = validate_known(known, self.limits)
+        self._authorize(checked, headers or {})
+        snapshot = self.reader.read(checked.keys())
+        changed: dict[str, Any] = {}
+        for key, client_version in checked.items():
+            info = snapshot.versions.get(key)
+            version = info.version if info is not None else 0
+            if version != client_version:
+                changed[key] = (
+                    info.as_json() if info is not None
+                    else {"key": key, "version": 0, "hash": "", "updatedAt": 0}
+                )
+        return {"changed": changed, "serverTime": int(time.time() * 1000),
+                "epoch": snapshot.epoch}
+
+    def _authorize(self, known: Mapping[str, int], headers: Mapping[str, str]) -> None:
+        if self.authorizer is None or not known:
+            return
+        keys = frozenset(known)
+        allowed = self.authorizer(keys, headers)
+        refused = keys.difference(allowed)
+        if refused:
+            raise ProtocolError(
+                f"not allowed to read {len(refused)} of the requested keys", status=403,
+                code="forbidden",
+            )
+
+    def handle(
+        self, body: bytes, content_type: str | None, headers: Mapping[str, str] | None = None
+    ) -> Response:
+        """Answer one ``POST /sync``; never raises."""
+        try:
+            request = parse_body(body, content_type, self.limits)
+            result = self.sync(request.known, headers=headers)
+        except ProtocolError as exc:
+            return error_response(exc.status, exc.code, exc.message)
+        except StoreError as exc:
+            log.warning("sync: version store unavailable: %s", exc)
+            return error_response(
+                503, exc.code, "the version store is unavailable; retry later",
+                (("retry-after", str(self.retry_after)),),
+            )
+        except Exception:
+            log.exception("sync: internal error")
+            return error_response(500, "internal", "internal server error")
+        return Response(200, json.dumps(result, separators=(",", ":")).encode())
+
+    def health(self) -> Response:
+        """``GET /health``: 200 when the store answers, 503 and the reason when not."""
+        try:
+            self.reader.ping()
+        except StoreError as exc:
+            body = {"status": "unavailable", "store": "unreachable", "detail": exc.message}
+            return Response(503, json.dumps(body).encode(),
+                            headers=(("retry-after", str(self.retry_after)),))
+        except Exception as exc:
+            log.exception("health: internal error")
+            body = {"status": "error", "detail": type(exc).__name__}
+            return Response(500, json.dumps(body).encode())
+        return Response(200, b'{"status":"ok","store":"ok"}')
+
+
+def error_response(
+    status: int, code: str, detail: str, headers: tuple[tuple[str, str], ...] = ()
+) -> Response:
+    return Response(status, problem(status, code, detail), PROBLEM_JSON, headers)

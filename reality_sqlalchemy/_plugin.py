@@ -1,0 +1,555 @@
+"""Listeners that turn SQLAlchemy writes into bumps, and install/uninstall.
+
+Where each kind of write is seen (DESIGN §5):
+
+* unit-of-work inserts/updates/deletes: mapper ``after_insert/after_update/after_delete``,
+  which hand us the connection and the object's history (old *and* new values, I5);
+* everything else that runs on a connection — ORM bulk statements, legacy ``Query.update``,
+  ``bulk_*_mappings``, Core constructs, many-to-many link rows, ``text()`` and
+  ``exec_driver_sql``: the Core ``after_execute`` event. Unit-of-work statements on mapped
+  tables are skipped there because the mapper events already covered them precisely;
+* transaction boundaries: Core ``savepoint``/``release_savepoint``/``rollback_savepoint``,
+  ``rollback`` and ``commit``. The key buffer lives on the *connection*, because that is
+  where the database transaction is: a session joined to an outer transaction (C05) or a
+  released savepoint (C02) never reaches the connection's ``commit`` event, so neither
+  publishes anything. The bump is written from the ``commit`` event, just before COMMIT,
+  as one statement with the keys in sorted order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Mapper, Session, sessionmaker
+from sqlalchemy.sql import dml, elements
+
+from reality_core.buffer import KeyBuffer
+from reality_core.errors import ConfigurationError, UnsupportedStatementError, WritePathError
+from reality_core.keys import MISSING, Declaration, validate_key
+from reality_core.rawsql import matches, written_tables
+from reality_core.store import OWN_TABLES, bump_statements, normalize_dialect
+
+from ._declarations import Tracked, registry, table_name
+
+log = logging.getLogger("reality.sqlalchemy")
+
+RawSQLPolicy = Literal["conservative", "strict"]
+_STATE_ATTR = "_reality_state"
+_FLUSHING = "reality.flushing"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Plugin settings, fixed at :func:`install`.
+
+    ``raw_sql``: what to do with raw SQL that changes data in a way the parser cannot
+    attribute to tables (``DO`` blocks, ``CALL``...): ``"conservative"`` bumps every tracked
+    table's keys, ``"strict"`` raises :class:`UnsupportedStatementError`, failing the
+    transaction. Neither skips silently.
+    """
+
+    raw_sql: RawSQLPolicy = "conservative"
+
+    def __post_init__(self) -> None:
+        if self.raw_sql not in ("conservative", "strict"):
+            raise ConfigurationError(
+                f"raw_sql must be 'conservative' or 'strict', not {self.raw_sql!r}"
+            )
+
+
+class _ConnState:
+    """Per-connection tracking state: the key buffer and the session that owns it."""
+
+    __slots__ = ("buffer", "dialect", "session")
+
+    def __init__(self, conn: Connection) -> None:
+        self.buffer = KeyBuffer()
+        self.dialect = normalize_dialect(conn.dialect.name)
+        self.session: weakref.ref[Session] | None = None
+
+
+def _state(conn: Connection) -> _ConnState | None:
+    return getattr(conn, _STATE_ATTR, None)  # type: ignore[no-any-return]
+
+
+def _ensure_state(conn: Connection) -> _ConnState:
+    state = _state(conn)
+    if state is None:
+        state = _ConnState(conn)
+        setattr(conn, _STATE_ATTR, state)
+    return state
+
+
+# --- keys from ORM objects ------------------------------------------------------------
+
+def _images(tracked: Tracked, target: Any, op: str) -> tuple[dict[str, Any] | None,
+                                                              dict[str, Any] | None]:
+    state = sa.inspect(target)
+    new: dict[str, Any] = {}
+    old: dict[str, Any] = {}
+    for column, attr in tracked.attributes:
+        hist = state.attrs[attr].history
+        if hist.added:
+            new[column] = hist.added[0]
+            old[column] = hist.deleted[0] if hist.deleted else MISSING
+        elif hist.unchanged:
+            new[column] = old[column] = hist.unchanged[0]
+        elif hist.deleted:
+            new[column], old[column] = None, hist.deleted[0]
+        else:
+            new[column] = old[column] = MISSING
+    if state.key is not None and op != "insert":
+        # The identity key holds the primary key the row had when loaded.
+        mapper: Mapper[Any] = state.mapper
+        for col, value in zip(mapper.primary_key, state.key[1], strict=False):
+            if col.table is tracked.table:
+                old[col.key] = value
+    if op == "insert":
+        return new, None
+    if op == "delete":
+        return None, old
+    return new, old
+
+
+def _mapper_listener(op: str) -> Any:
+    def listener(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
+        state = _state(connection)
+        if state is None:
+            return
+        keys: set[str] = set()
+        for m in mapper.iterate_to_root():
+            local = m.local_table
+            if not isinstance(local, sa.Table):
+                continue
+            tracked = registry.get(table_name(local))
+            if tracked is None or not tracked.attributes:
+                continue
+            new, old = _images(tracked, target, op)
+            keys |= tracked.declaration.keys_for_row(new, old)
+            if op == "delete":
+                keys |= _cascade_keys(tracked.declaration.table)
+        state.buffer.add(keys)
+
+    return listener
+
+
+def _cascade_keys(name: str) -> set[str]:
+    keys: set[str] = set()
+    for decl in registry.cascades_from(name):
+        keys |= decl.escalation_keys()
+    return keys
+
+
+# --- keys from Core statements and raw SQL ----------------------------------------------
+
+def _pk_binds(stmt: Any, table: sa.Table) -> dict[str, str] | None:
+    """If ``stmt`` filters on exactly ``pk = :param`` (the shape of by-primary-key bulk
+    updates), map each pk column key to its bind name; else ``None``."""
+    crit = stmt.whereclause
+    if crit is None:
+        return None
+    clauses = list(crit.clauses) if isinstance(crit, elements.BooleanClauseList) else [crit]
+    if isinstance(crit, elements.BooleanClauseList) and crit.operator is not sa.sql.operators.and_:
+        return None
+    found: dict[str, str] = {}
+    for clause in clauses:
+        if not (isinstance(clause, elements.BinaryExpression)
+                and clause.operator is sa.sql.operators.eq
+                and isinstance(clause.left, sa.Column)
+                and isinstance(clause.right, elements.BindParameter)):
+            return None
+        found[clause.left.key] = clause.right.key
+    pk = {c.key for c in table.primary_key.columns}
+    return found if set(found) == pk else None
+
+
+def _dml_keys(stmt: Any, tracked: Tracked, result: Any) -> set[str]:
+    decl = tracked.declaration
+    context = getattr(result, "context", None)
+    params: list[Mapping[str, Any]] = list(getattr(context, "compiled_parameters", None) or [])
+    if isinstance(stmt, dml.Insert):
+        upsert = getattr(stmt, "_post_values_clause", None) is not None
+        if stmt.select is not None or getattr(stmt, "_multi_values", ()) or not params:
+            return decl.escalation_keys()
+        pk_rows: list[Any] = []
+        try:
+            pk_rows = list(result.inserted_primary_key_rows)
+        except Exception:  # not every driver reports keys for executemany
+            pk_rows = []
+        keys: set[str] = set()
+        pk_cols = [c.key for c in tracked.table.primary_key.columns]
+        for i, values in enumerate(params):
+            row = {c: values.get(c, MISSING) for c in decl.columns}
+            if i < len(pk_rows) and pk_rows[i] is not None:
+                for col, value in zip(pk_cols, pk_rows[i], strict=False):
+                    if value is not None:
+                        row[col] = value
+            if upsert:
+                # An upsert may update an existing row whose old values we never saw.
+                keys |= decl.keys_for_row(row, {c: row[c] for c in pk_cols})
+                keys.update(t.escalation for t in decl.templates)
+            else:
+                keys |= decl.keys_for_row(row)
+        return keys
+    binds = _pk_binds(stmt, tracked.table) if params else None
+    if binds is None:
+        keys = decl.escalation_keys()
+    else:
+        keys = set()
+        for values in params:
+            pk = {col: values.get(bind, MISSING) for col, bind in binds.items()}
+            keys |= decl.keys_for_row(None, pk)
+        keys.update(t.escalation for t in decl.templates)
+        keys.update(decl.escalation_keys() - {decl.row_escalation} if decl.links else set())
+    if isinstance(stmt, dml.Delete):
+        keys |= _cascade_keys(decl.table)
+    return keys
+
+
+def _raw_keys(sql: str, settings: Settings) -> set[str]:
+    written = written_tables(sql)
+    if written is None:
+        if settings.raw_sql == "strict":
+            raise UnsupportedStatementError(
+                "Reality cannot tell which tables this statement writes: "
+                f"{sql[:200]!r}. Bump the affected keys with reality_sqlalchemy.bump(), or "
+                "install with raw_sql='conservative' to bump every tracked table"
+            )
+        keys: set[str] = set()
+        for tracked in registry.items():
+            keys |= tracked.declaration.escalation_keys()
+        return keys
+    keys = set()
+    for name in written:
+        for tracked in registry.items():
+            t = tracked.table
+            if matches(name, t.name, t.schema):
+                keys |= tracked.declaration.escalation_keys()
+                keys |= _cascade_keys(tracked.declaration.table)
+    return keys
+
+
+class _Plugin:
+    """The installed listeners, counted per target so uninstall removes exactly them."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.targets: dict[int, tuple[Any, Any, Settings]] = {}
+        self.engines: dict[int, Engine] = {}
+        self.settings = Settings()
+        self.mapper_listeners = [
+            ("after_insert", _mapper_listener("insert")),
+            ("after_update", _mapper_listener("update")),
+            ("after_delete", _mapper_listener("delete")),
+        ]
+        self.session_listeners: list[tuple[str, Any]] = [
+            ("after_begin", self.after_begin),
+            ("before_flush", self.before_flush),
+            ("after_flush_postexec", self.after_flush_postexec),
+            ("after_transaction_end", self.after_transaction_end),
+        ]
+        self.engine_listeners: list[tuple[str, Any]] = [
+            ("after_execute", self.after_execute),
+            ("savepoint", self.on_savepoint),
+            ("release_savepoint", self.on_release_savepoint),
+            ("rollback_savepoint", self.on_rollback_savepoint),
+            ("rollback", self.on_rollback),
+            ("commit", self.on_commit),
+            ("prepare_twophase", self.on_prepare_twophase),
+        ]
+
+    # session events ----------------------------------------------------------------
+
+    def after_begin(self, session: Session, transaction: Any, connection: Connection) -> None:
+        self.instrument_engine(connection.engine)
+        _ensure_state(connection).session = weakref.ref(session)
+
+    def before_flush(self, session: Session, flush_context: Any, instances: Any) -> None:
+        session.info[_FLUSHING] = True
+
+    def after_flush_postexec(self, session: Session, flush_context: Any) -> None:
+        session.info.pop(_FLUSHING, None)
+
+    def after_transaction_end(self, session: Session, transaction: Any) -> None:
+        # A failed flush ends its transaction without after_flush_postexec.
+        session.info.pop(_FLUSHING, None)
+
+    # connection events ---------------------------------------------------------------
+
+    def instrument_engine(self, engine: Engine) -> None:
+        # Connections consult their engine's listeners live, so instrumenting the engine
+        # the first time one of its connections joins a tracked session is early enough.
+        if id(engine) in self.engines:
+            return
+        with self.lock:
+            if id(engine) in self.engines:
+                return
+            for name, fn in self.engine_listeners:
+                event.listen(engine, name, fn)
+            self.engines[id(engine)] = engine
+
+    def after_execute(self, conn: Connection, clauseelement: Any, multiparams: Any,
+                      params: Any, execution_options: Any, result: Any) -> None:
+        state = _state(conn)
+        if state is None:
+            return
+        try:
+            keys = self._statement_keys(state, clauseelement, result)
+        except WritePathError:
+            raise
+        except Exception as exc:  # I7: never let a write go by unbumped
+            raise WritePathError(f"Reality could not compute keys for a statement: {exc}") from exc
+        if keys:
+            state.buffer.add(keys)
+
+    def _statement_keys(self, state: _ConnState, stmt: Any, result: Any) -> set[str]:
+        if isinstance(stmt, (dml.Insert, dml.Update, dml.Delete)):
+            table = stmt.table
+            if not isinstance(table, sa.Table):
+                return set()
+            tracked = registry.get(table_name(table))
+            if tracked is None:
+                return set()
+            session = state.session() if state.session is not None else None
+            if tracked.attributes and session is not None and session.info.get(_FLUSHING):
+                return set()  # unit of work: the mapper events saw this row precisely
+            return _dml_keys(stmt, tracked, result)
+        if isinstance(stmt, str):
+            sql = stmt
+        elif isinstance(stmt, (elements.TextClause, sa.sql.Select, sa.sql.expression.CompoundSelect)):
+            sql = getattr(getattr(result, "context", None), "statement", None) or str(stmt)
+        else:
+            return set()
+        if not registry.items():
+            return set()
+        if any(t in sql for t in OWN_TABLES) and not any(
+            t.table.name in sql for t in registry.items()
+        ):
+            return set()
+        return _raw_keys(sql, self.settings)
+
+    def on_savepoint(self, conn: Connection, name: str | None) -> None:
+        state = _state(conn)
+        if state is None:
+            return
+        if state.dialect == "sqlite":
+            _require_sqlite_begin_recipe(conn)
+        state.buffer.savepoint()
+
+    def on_release_savepoint(self, conn: Connection, name: str, context: Any) -> None:
+        state = _state(conn)
+        if state is not None:
+            state.buffer.release()
+
+    def on_rollback_savepoint(self, conn: Connection, name: str, context: Any) -> None:
+        state = _state(conn)
+        if state is not None:
+            state.buffer.rollback_savepoint()
+
+    def on_rollback(self, conn: Connection) -> None:
+        state = _state(conn)
+        if state is not None:
+            state.buffer.clear()
+
+    def on_prepare_twophase(self, conn: Connection, xid: Any) -> None:
+        self.on_commit(conn)
+
+    def on_commit(self, conn: Connection) -> None:
+        state = _state(conn)
+        if state is None or not state.buffer:
+            return
+        keys = state.buffer.drain()
+        write_bump(conn, keys, state.dialect)
+
+
+def write_bump(conn: Connection, keys: list[str], dialect: Any) -> None:
+    """Run the bump statement(s) on the connection's own DB-API connection, inside the
+    transaction about to commit. Failure raises, so the transaction does not commit (I7)."""
+    dbapi_conn = conn.connection.dbapi_connection
+    if dbapi_conn is None:
+        raise WritePathError("the connection was invalidated before COMMIT; nothing committed")
+    try:
+        cursor = dbapi_conn.cursor()
+        try:
+            for sql, params in bump_statements(dialect, keys, conn.dialect.paramstyle):
+                cursor.execute(sql, params)
+        finally:
+            cursor.close()
+    except Exception as exc:
+        # Leave no half-done transaction behind: roll it back so nothing of it commits.
+        try:
+            dbapi_conn.rollback()
+        except Exception:
+            log.debug("rollback after a failed bump failed too", exc_info=True)
+        hint = ""
+        if "reality_versions" in str(exc) or "no such table" in str(exc).lower():
+            hint = ' Create the tables: run "reality migrate" or reality_sqlalchemy.create_tables().'
+        raise WritePathError(
+            f"bumping {len(keys)} key(s) failed, so the transaction was rolled back: {exc}.{hint}"
+        ) from exc
+
+
+def _require_sqlite_begin_recipe(conn: Connection) -> None:
+    dbapi_conn = conn.connection.dbapi_connection
+    driver = getattr(dbapi_conn, "driver_connection", dbapi_conn)
+    # aiosqlite wraps the sqlite3 connection one level deeper.
+    inner = getattr(driver, "_conn", driver)
+    if getattr(inner, "isolation_level", None) is not None:
+        raise ConfigurationError(
+            "SQLite savepoints are unreliable with pysqlite's default transaction handling: "
+            "call reality_sqlalchemy.enable_sqlite_savepoints(engine) once after "
+            "create_engine() (SQLAlchemy's documented BEGIN recipe)"
+        )
+
+
+_plugin = _Plugin()
+
+
+def _session_target(target: Any) -> Any:
+    if isinstance(target, async_sessionmaker):
+        current = target.kw.get("sync_session_class", Session)
+        if not getattr(current, "_reality_owned", False):
+            # A dedicated subclass keeps the listeners on this maker's sessions only.
+            sub = type(f"Reality{current.__name__}", (current,), {"_reality_owned": True})
+            target.kw["sync_session_class"] = sub
+            current = sub
+        return current
+    if isinstance(target, type) and issubclass(target, AsyncSession):
+        return target.sync_session_class
+    if isinstance(target, sessionmaker):
+        return target
+    if isinstance(target, type) and issubclass(target, Session):
+        return target
+    raise ConfigurationError(
+        "install() takes a sessionmaker, an async_sessionmaker, a Session or AsyncSession "
+        f"subclass, or an Engine/AsyncEngine; got {target!r}"
+    )
+
+
+def install(target: Any, *, raw_sql: RawSQLPolicy = "conservative") -> None:
+    """Bump versions for every write made through ``target``.
+
+    Example::
+
+        SessionLocal = sessionmaker(engine)
+        reality_sqlalchemy.install(SessionLocal)
+
+    ``target`` is a ``sessionmaker``/``async_sessionmaker``, a ``Session``/``AsyncSession``
+    class (every session of that class), or an ``Engine``/``AsyncEngine`` (every connection,
+    for Core-only code). Installing twice is a no-op; :func:`uninstall` removes exactly what
+    this added. ``raw_sql`` is described in :class:`Settings`.
+    """
+    settings = Settings(raw_sql=raw_sql)
+    with _plugin.lock:
+        if id(target) in _plugin.targets:
+            return
+        if _plugin.targets and settings != _plugin.settings:
+            raise ConfigurationError(
+                f"already installed with {_plugin.settings}; uninstall first to change settings"
+            )
+        _plugin.settings = settings
+        if not _plugin.targets:
+            for name, fn in _plugin.mapper_listeners:
+                event.listen(Mapper, name, fn)
+        if isinstance(target, (Engine, AsyncEngine)):
+            engine = target.sync_engine if isinstance(target, AsyncEngine) else target
+            event.listen(engine, "begin", _engine_begin)
+            _plugin.instrument_engine(engine)
+            _plugin.targets[id(target)] = (target, engine, settings)
+            return
+        session_target = _session_target(target)
+        for name, fn in _plugin.session_listeners:
+            event.listen(session_target, name, fn)
+        _plugin.targets[id(target)] = (target, session_target, settings)
+
+
+def _engine_begin(conn: Connection) -> None:
+    _ensure_state(conn)
+
+
+def uninstall(target: Any) -> None:
+    """Remove what :func:`install` added for ``target`` (a no-op if it was not installed)."""
+    with _plugin.lock:
+        entry = _plugin.targets.pop(id(target), None)
+        if entry is None:
+            return
+        _, listened, _ = entry
+        if isinstance(listened, Engine) and isinstance(target, (Engine, AsyncEngine)):
+            event.remove(listened, "begin", _engine_begin)
+        else:
+            for name, fn in _plugin.session_listeners:
+                if event.contains(listened, name, fn):
+                    event.remove(listened, name, fn)
+        if not _plugin.targets:
+            for name, fn in _plugin.mapper_listeners:
+                event.remove(Mapper, name, fn)
+            for engine in _plugin.engines.values():
+                for name, fn in _plugin.engine_listeners:
+                    if event.contains(engine, name, fn):
+                        event.remove(engine, name, fn)
+            _plugin.engines.clear()
+
+
+def installed() -> list[Any]:
+    """The targets currently installed (for diagnostics and tests)."""
+    return [t for t, _, _ in _plugin.targets.values()]
+
+
+def _buffer_for(conn: Connection) -> KeyBuffer:
+    if not conn.in_transaction():
+        raise ConfigurationError(
+            "bump() must run inside a transaction (session.begin() or connection.begin()); "
+            "outside one there is no commit for the bump to ride on"
+        )
+    state = _state(conn)
+    if state is None:
+        if not _plugin.targets:
+            raise ConfigurationError("bump() needs reality_sqlalchemy.install(...) first")
+        _plugin.instrument_engine(conn.engine)
+        state = _ensure_state(conn)
+    return state.buffer
+
+
+def bump(session_or_connection: Session | Connection, *keys: str) -> None:
+    """Bump ``keys`` when the current transaction commits (and never if it rolls back).
+
+    Example::
+
+        with Session() as session, session.begin():
+            session.add(Comment(...))
+            reality_sqlalchemy.bump(session, "feed:global")
+
+    Keys follow the key rules (1-256 characters, no control characters, not starting
+    with ``$``); a bad key raises :class:`~reality_core.errors.InvalidKeyError` at once.
+    For an ``AsyncSession`` use ``await abump(session, ...)``.
+    """
+    checked = [validate_key(k) for k in keys]
+    if isinstance(session_or_connection, Session):
+        conn = session_or_connection.connection()
+    elif isinstance(session_or_connection, Connection):
+        conn = session_or_connection
+    else:
+        raise ConfigurationError(
+            f"bump() takes a Session or a Connection, not {type(session_or_connection).__name__}"
+            + (" (use await abump() for an AsyncSession)"
+               if isinstance(session_or_connection, AsyncSession) else "")
+        )
+    _buffer_for(conn).add(checked)
+
+
+async def abump(session: AsyncSession, *keys: str) -> None:
+    """:func:`bump` for an ``AsyncSession``."""
+    checked = [validate_key(k) for k in keys]
+    if not isinstance(session, AsyncSession):
+        raise ConfigurationError(f"abump() takes an AsyncSession, not {type(session).__name__}")
+    conn = await session.connection()
+    _buffer_for(conn.sync_connection).add(checked)  # type: ignore[arg-type]
