@@ -191,6 +191,8 @@ class Declaration:
     templates: tuple[KeyTemplate, ...] = ()
     #: Tables this one links (many-to-many): a link row bumps the row keys on both sides.
     links: tuple[tuple[str, str, str], ...] = field(default=())
+    #: Tables whose deletes the database cascades into this one (ON DELETE CASCADE/SET NULL).
+    cascades_from: tuple[str, ...] = field(default=())
 
     @property
     def template_columns(self) -> frozenset[str]:
@@ -261,11 +263,15 @@ def declare(
     row_keys: bool = True,
     keys: Iterable[str] = (),
     links: Iterable[tuple[str, str, str]] = (),
+    cascades_from: Iterable[str] = (),
 ) -> Declaration:
     """Validate a declaration; every plugin's ``track`` ends here.
 
     ``owner`` names the model in error messages. A template naming a column the model lacks
-    is refused here, at declaration time, not at the first write.
+    is refused here, at declaration time, not at the first write. ``links`` lists
+    ``(column, other_table, other_column)`` for link tables: a written link row bumps the row
+    key of the row it points to. ``cascades_from`` names parent tables whose deletes the
+    database cascades into this table.
     """
     if isinstance(keys, str):
         raise DeclarationError(
@@ -296,4 +302,5 @@ def declare(
         row_keys=row_keys,
         templates=templates,
         links=tuple(links),
+        cascades_from=tuple(cascades_from),
     )

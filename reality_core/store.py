@@ -24,7 +24,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, WritePathError
 from .keys import ESCALATION_PREFIX
 
 Dialect = Literal["postgresql", "sqlite", "mysql"]
@@ -163,6 +163,38 @@ def bump_statements(
             )
         out.append((head + tail, ph.params))
     return out
+
+
+def run_bump(dbapi_conn: Any, dialect: Dialect, keys: Sequence[str], paramstyle: str) -> None:
+    """Execute the bump of ``keys`` on a DB-API connection inside its open transaction.
+
+    On failure the transaction is rolled back (so none of it can commit) and
+    :class:`~reality_core.errors.WritePathError` is raised with a hint when the tables are
+    missing. Plugins call this right before they let COMMIT through.
+    """
+    try:
+        cursor = dbapi_conn.cursor()
+        try:
+            for sql, params in bump_statements(dialect, keys, paramstyle):
+                cursor.execute(sql, params)
+        finally:
+            cursor.close()
+    except Exception as exc:
+        try:
+            dbapi_conn.rollback()
+        except Exception:  # the original error is the one worth reporting
+            pass
+        raise bump_failed(exc, len(keys)) from exc
+
+
+def bump_failed(exc: BaseException, count: int) -> WritePathError:
+    hint = ""
+    text = str(exc).lower()
+    if VERSIONS_TABLE in text or "no such table" in text or "does not exist" in text:
+        hint = ' Create the tables: run "reality migrate" or the plugin\'s create_tables().'
+    return WritePathError(
+        f"bumping {count} key(s) failed, so the transaction was rolled back: {exc}.{hint}"
+    )
 
 
 def read_statement(keys: Collection[str], paramstyle: str) -> tuple[str, Params]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar, overload
@@ -11,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.orm import Mapper, RelationshipProperty
 
+from reality_core.catalog import Catalog
 from reality_core.errors import DeclarationError
 from reality_core.keys import Declaration, declare
 from reality_core.store import OWN_TABLES
@@ -34,55 +34,31 @@ class Tracked:
 
 
 class Registry:
-    """Declarations by table name; thread-safe for the rare writes, lock-free reads."""
+    """SQLAlchemy-side view of the core :class:`Catalog`: the ``Table`` and the mapped
+    attributes behind each declaration."""
 
     def __init__(self) -> None:
-        self._by_table: dict[str, Tracked] = {}
-        self._lock = threading.Lock()
-        self._cascades: dict[str, tuple[Declaration, ...]] | None = None
-        self._undo: list[Callable[[], None]] = []
+        self.catalog = Catalog()
+        self._tracked: dict[str, Tracked] = {}
 
     def get(self, name: str) -> Tracked | None:
-        return self._by_table.get(name)
-
-    def items(self) -> list[Tracked]:
-        return list(self._by_table.values())
+        return self._tracked.get(name)
 
     def add(self, tracked: Tracked) -> None:
         name = tracked.declaration.table
-        with self._lock:
-            existing = self._by_table.get(name)
-            if existing is not None and existing.explicit and not tracked.explicit:
-                return  # an explicit track_table() wins over an implied link table
-            self._by_table[name] = tracked
-            self._cascades = None
+        existing = self._tracked.get(name)
+        if existing is not None and existing.explicit and not tracked.explicit:
+            return  # an explicit declaration wins over an implied link table
+        self.catalog.add(tracked.declaration)
+        self._tracked[name] = tracked
 
     def remember_undo(self, fn: Callable[[], None]) -> None:
-        self._undo.append(fn)
+        self.catalog.on_clear(fn)
 
     def clear(self) -> None:
-        """Forget every declaration (tests use this between models)."""
-        with self._lock:
-            for fn in reversed(self._undo):
-                fn()
-            self._undo.clear()
-            self._by_table.clear()
-            self._cascades = None
-
-    def cascades_from(self, name: str) -> tuple[Declaration, ...]:
-        """Tracked tables whose rows the database changes when a row of ``name`` is deleted
-        (``ON DELETE CASCADE / SET NULL / SET DEFAULT``)."""
-        cache = self._cascades
-        if cache is None:
-            built: dict[str, list[Declaration]] = {}
-            for tracked in self._by_table.values():
-                for fk in tracked.table.foreign_keys:
-                    if (fk.ondelete or "").upper() in ("CASCADE", "SET NULL", "SET DEFAULT"):
-                        parent = fk.target_fullname.rpartition(".")[0]
-                        built.setdefault(parent, []).append(tracked.declaration)
-            cache = {k: tuple(v) for k, v in built.items()}
-            self._cascades = cache
-        return cache.get(name, ())
+        """Forget every declaration (tests use this between model sets)."""
+        self.catalog.clear()
+        self._tracked.clear()
 
 
 registry = Registry()
@@ -101,6 +77,14 @@ def _links(table: sa.Table) -> list[tuple[str, str, str]]:
         if len(target.primary_key.columns) == 1 and fk.column.primary_key:
             out.append((fk.parent.key, table_name(target), fk.column.key))
     return out
+
+
+def _cascades_from(table: sa.Table) -> list[str]:
+    return [
+        fk.target_fullname.rpartition(".")[0]
+        for fk in table.foreign_keys
+        if (fk.ondelete or "").upper() in ("CASCADE", "SET NULL", "SET DEFAULT")
+    ]
 
 
 def track_table(
@@ -126,7 +110,7 @@ def track_table(
     decl = declare(
         owner=owner, table=table_name(table), columns=[c.key for c in table.columns],
         primary_key=pk, table_key=table_key, row_keys=rows and bool(pk) and not links,
-        keys=keys, links=_links(table) if links else (),
+        keys=keys, links=_links(table) if links else (), cascades_from=_cascades_from(table),
     )
     registry.add(Tracked(decl, table))
     return table
@@ -180,7 +164,7 @@ def track(
         decl = declare(
             owner=cls.__name__, table=table_name(local), columns=[c.key for c in local.columns],
             primary_key=[c.key for c in local.primary_key.columns], table_key=table,
-            row_keys=rows, keys=keys,
+            row_keys=rows, keys=keys, cascades_from=_cascades_from(local),
         )
         attrs: list[tuple[str, str]] = []
         for column in local.columns:
@@ -224,6 +208,7 @@ def _track_link_tables(mapper: Mapper[Any]) -> None:
                         columns=[c.key for c in secondary.columns],
                         primary_key=[c.key for c in secondary.primary_key.columns],
                         row_keys=False, links=_links(secondary),
+                        cascades_from=_cascades_from(secondary),
                     )
                     registry.add(Tracked(decl, secondary, explicit=False))
 

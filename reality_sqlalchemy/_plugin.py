@@ -23,7 +23,7 @@ import threading
 import weakref
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
@@ -33,16 +33,15 @@ from sqlalchemy.orm import Mapper, Session, sessionmaker
 from sqlalchemy.sql import dml, elements
 
 from reality_core.buffer import KeyBuffer
-from reality_core.errors import ConfigurationError, UnsupportedStatementError, WritePathError
-from reality_core.keys import MISSING, Declaration, validate_key
-from reality_core.rawsql import matches, written_tables
-from reality_core.store import OWN_TABLES, bump_statements, normalize_dialect
+from reality_core.catalog import RawSQLPolicy, check_raw_sql_policy
+from reality_core.errors import ConfigurationError, WritePathError
+from reality_core.keys import MISSING, validate_key
+from reality_core.store import normalize_dialect, run_bump
 
 from ._declarations import Tracked, registry, table_name
 
 log = logging.getLogger("reality.sqlalchemy")
 
-RawSQLPolicy = Literal["conservative", "strict"]
 _STATE_ATTR = "_reality_state"
 _FLUSHING = "reality.flushing"
 
@@ -60,10 +59,7 @@ class Settings:
     raw_sql: RawSQLPolicy = "conservative"
 
     def __post_init__(self) -> None:
-        if self.raw_sql not in ("conservative", "strict"):
-            raise ConfigurationError(
-                f"raw_sql must be 'conservative' or 'strict', not {self.raw_sql!r}"
-            )
+        check_raw_sql_policy(self.raw_sql)
 
 
 class _ConnState:
@@ -143,10 +139,7 @@ def _mapper_listener(op: str) -> Any:
 
 
 def _cascade_keys(name: str) -> set[str]:
-    keys: set[str] = set()
-    for decl in registry.cascades_from(name):
-        keys |= decl.escalation_keys()
-    return keys
+    return registry.catalog.cascade_keys(name)
 
 
 # --- keys from Core statements and raw SQL ----------------------------------------------
@@ -212,29 +205,6 @@ def _dml_keys(stmt: Any, tracked: Tracked, result: Any) -> set[str]:
         keys.update(decl.escalation_keys() - {decl.row_escalation} if decl.links else set())
     if isinstance(stmt, dml.Delete):
         keys |= _cascade_keys(decl.table)
-    return keys
-
-
-def _raw_keys(sql: str, settings: Settings) -> set[str]:
-    written = written_tables(sql)
-    if written is None:
-        if settings.raw_sql == "strict":
-            raise UnsupportedStatementError(
-                "Reality cannot tell which tables this statement writes: "
-                f"{sql[:200]!r}. Bump the affected keys with reality_sqlalchemy.bump(), or "
-                "install with raw_sql='conservative' to bump every tracked table"
-            )
-        keys: set[str] = set()
-        for tracked in registry.items():
-            keys |= tracked.declaration.escalation_keys()
-        return keys
-    keys = set()
-    for name in written:
-        for tracked in registry.items():
-            t = tracked.table
-            if matches(name, t.name, t.schema):
-                keys |= tracked.declaration.escalation_keys()
-                keys |= _cascade_keys(tracked.declaration.table)
     return keys
 
 
@@ -329,13 +299,7 @@ class _Plugin:
             sql = getattr(getattr(result, "context", None), "statement", None) or str(stmt)
         else:
             return set()
-        if not registry.items():
-            return set()
-        if any(t in sql for t in OWN_TABLES) and not any(
-            t.table.name in sql for t in registry.items()
-        ):
-            return set()
-        return _raw_keys(sql, self.settings)
+        return registry.catalog.raw_sql_keys(sql, self.settings.raw_sql)
 
     def on_savepoint(self, conn: Connection, name: str | None) -> None:
         state = _state(conn)
@@ -372,30 +336,12 @@ class _Plugin:
 
 
 def write_bump(conn: Connection, keys: list[str], dialect: Any) -> None:
-    """Run the bump statement(s) on the connection's own DB-API connection, inside the
-    transaction about to commit. Failure raises, so the transaction does not commit (I7)."""
+    """Bump on the connection's own DB-API connection, inside the transaction about to
+    commit; a failure rolls it back and raises, so nothing of it commits (I7)."""
     dbapi_conn = conn.connection.dbapi_connection
     if dbapi_conn is None:
         raise WritePathError("the connection was invalidated before COMMIT; nothing committed")
-    try:
-        cursor = dbapi_conn.cursor()
-        try:
-            for sql, params in bump_statements(dialect, keys, conn.dialect.paramstyle):
-                cursor.execute(sql, params)
-        finally:
-            cursor.close()
-    except Exception as exc:
-        # Leave no half-done transaction behind: roll it back so nothing of it commits.
-        try:
-            dbapi_conn.rollback()
-        except Exception:
-            log.debug("rollback after a failed bump failed too", exc_info=True)
-        hint = ""
-        if "reality_versions" in str(exc) or "no such table" in str(exc).lower():
-            hint = ' Create the tables: run "reality migrate" or reality_sqlalchemy.create_tables().'
-        raise WritePathError(
-            f"bumping {len(keys)} key(s) failed, so the transaction was rolled back: {exc}.{hint}"
-        ) from exc
+    run_bump(dbapi_conn, dialect, keys, conn.dialect.paramstyle)
 
 
 def _require_sqlite_begin_recipe(conn: Connection) -> None:

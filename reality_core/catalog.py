@@ -1,0 +1,117 @@
+"""The catalog of tracked tables, and key computations every plugin shares.
+
+Each plugin turns its ORM's model metadata into :class:`~reality_core.keys.Declaration`
+objects and adds them to a :class:`Catalog`. The catalog answers the questions that do not
+depend on the ORM: which keys a raw SQL string touches, which tables a delete cascades
+into, what "escalate everything" means.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Literal
+
+from .errors import ConfigurationError, UnsupportedStatementError
+from .keys import Declaration
+from .rawsql import matches, written_tables
+from .store import OWN_TABLES
+
+RawSQLPolicy = Literal["conservative", "strict"]
+
+
+def check_raw_sql_policy(policy: object) -> RawSQLPolicy:
+    if policy not in ("conservative", "strict"):
+        raise ConfigurationError(f"raw_sql must be 'conservative' or 'strict', not {policy!r}")
+    return policy  # type: ignore[return-value]
+
+
+class Catalog:
+    """Declarations by table name (``schema.table`` when qualified)."""
+
+    def __init__(self) -> None:
+        self._decls: dict[str, Declaration] = {}
+        self._lock = threading.Lock()
+        self._cascades: dict[str, tuple[Declaration, ...]] | None = None
+        self._undo: list[Callable[[], None]] = []
+
+    def __len__(self) -> int:
+        return len(self._decls)
+
+    def get(self, table: str) -> Declaration | None:
+        return self._decls.get(table)
+
+    def declarations(self) -> list[Declaration]:
+        return list(self._decls.values())
+
+    def add(self, decl: Declaration, *, replace: bool = True) -> None:
+        if decl.table.rpartition(".")[2] in OWN_TABLES:
+            from .errors import DeclarationError
+
+            raise DeclarationError(f"{decl.owner}: Reality's own tables are never tracked (I10)")
+        with self._lock:
+            if not replace and decl.table in self._decls:
+                return
+            self._decls[decl.table] = decl
+            self._cascades = None
+
+    def on_clear(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` when the catalog is cleared (undo a listener a declaration added)."""
+        self._undo.append(fn)
+
+    def clear(self) -> None:
+        with self._lock:
+            for fn in reversed(self._undo):
+                fn()
+            self._undo.clear()
+            self._decls.clear()
+            self._cascades = None
+
+    def cascade_keys(self, table: str) -> set[str]:
+        """Keys of tracked tables the database changes when rows of ``table`` are deleted
+        (``ON DELETE CASCADE / SET NULL / SET DEFAULT``): their rows are unknowable, so
+        everything derived from them escalates."""
+        cache = self._cascades
+        if cache is None:
+            built: dict[str, list[Declaration]] = {}
+            for decl in self._decls.values():
+                for parent in decl.cascades_from:
+                    built.setdefault(parent, []).append(decl)
+            cache = {k: tuple(v) for k, v in built.items()}
+            self._cascades = cache
+        keys: set[str] = set()
+        for decl in cache.get(table, ()):
+            keys |= decl.escalation_keys()
+        return keys
+
+    def escalate(self, table: str) -> set[str]:
+        """Every key derived from ``table`` (and what its deletes cascade into)."""
+        decl = self._decls.get(table)
+        if decl is None:
+            return set()
+        return decl.escalation_keys() | self.cascade_keys(table)
+
+    def raw_sql_keys(self, sql: str, policy: RawSQLPolicy) -> set[str]:
+        """Keys for a raw SQL string: every tracked table it writes escalates. A string
+        whose writes cannot be attributed escalates every table (``conservative``) or
+        raises :class:`UnsupportedStatementError` (``strict``)."""
+        if not self._decls:
+            return set()
+        written = written_tables(sql)
+        keys: set[str] = set()
+        if written is None:
+            if policy == "strict":
+                raise UnsupportedStatementError(
+                    "Reality cannot tell which tables this statement writes: "
+                    f"{sql[:200]!r}. Bump the affected keys by hand, or use "
+                    "raw_sql='conservative' to bump every tracked table"
+                )
+            for decl in self._decls.values():
+                keys |= decl.escalation_keys()
+            return keys
+        for name in written:
+            for table in self._decls:
+                schema, _, bare = table.rpartition(".")
+                if matches(name, bare, schema or None):
+                    keys |= self.escalate(table)
+        return keys

@@ -1,0 +1,137 @@
+"""The ``reality`` command.
+
+::
+
+    reality serve   --database-url URL [--host H] [--port P] [--base /reality] [--workers N]
+    reality migrate --database-url URL [--revision reality@head] [--downgrade REVISION]
+    reality demo    [--port P] [--database-url URL] [--orm sqlalchemy]
+
+``serve`` answers ``POST {base}/sync`` and ``GET {base}/health`` for an existing database
+(the standalone-server mode). ``migrate`` creates or upgrades the metadata tables through
+the alembic branch ``reality``. ``demo`` runs a small chat app on SQLite (or your URL).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from .errors import RealityError
+from .urls import DatabaseURL
+
+ENV_URL = "REALITY_DATABASE_URL"
+ENV_BASE = "REALITY_BASE_PATH"
+
+
+def _url(value: str) -> str:
+    try:
+        DatabaseURL.parse(value)
+    except RealityError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from None
+    return value
+
+
+def _port(value: str) -> int:
+    if not value.isdigit() or not 0 < int(value) < 65536:
+        raise argparse.ArgumentTypeError(f"a port is a number from 1 to 65535, not {value!r}")
+    return int(value)
+
+
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {value!r}")
+    return int(value)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="reality", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve the sync endpoint for an existing database")
+    serve.add_argument("--database-url", type=_url, required=True)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=_port, default=8000)
+    serve.add_argument("--base", default="/reality", help="path prefix (default /reality)")
+    serve.add_argument("--workers", type=_positive, default=1)
+
+    migrate = sub.add_parser("migrate", help="create or upgrade the metadata tables (alembic)")
+    migrate.add_argument("--database-url", type=_url, required=True)
+    migrate.add_argument("--revision", default="reality@head")
+    migrate.add_argument("--downgrade", metavar="REVISION", default=None,
+                         help="downgrade to REVISION instead (e.g. base)")
+
+    demo = sub.add_parser("demo", help="run the demo chat app")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=_port, default=8000)
+    demo.add_argument("--database-url", type=_url, default=None,
+                      help="default: an SQLite file in the current directory")
+    demo.add_argument("--orm", choices=["sqlalchemy"], default="sqlalchemy")
+    return parser
+
+
+def serve_app() -> object:
+    """uvicorn factory for ``reality serve`` (``--workers`` needs an import string)."""
+    from .asgi import SyncASGIApp
+    from .reader import DBAPIReader
+    from .sync import SyncService
+
+    url = os.environ.get(ENV_URL)
+    if not url:
+        raise RealityError(f"{ENV_URL} is not set; start the server with 'reality serve'")
+    return SyncASGIApp(SyncService(DBAPIReader.from_url(url)),
+                       base=os.environ.get(ENV_BASE, "/reality"))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        print("reality serve needs uvicorn: pip install 'reality-sync[server]'", file=sys.stderr)
+        return 2
+    from .asgi import normalize_base
+
+    normalize_base(args.base)
+    os.environ[ENV_URL] = args.database_url
+    os.environ[ENV_BASE] = args.base
+    print(f"reality: serving {args.base}/sync on http://{args.host}:{args.port}", file=sys.stderr)
+    uvicorn.run("reality_core.cli:serve_app", factory=True, host=args.host, port=args.port,
+                workers=args.workers, log_level="warning")
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    try:
+        from reality_sqlalchemy.migrate import downgrade, upgrade
+    except ImportError as exc:
+        print(f"reality migrate needs alembic and SQLAlchemy: pip install "
+              f"'reality-sync[sqlalchemy]' ({exc})", file=sys.stderr)
+        return 2
+    if args.downgrade is not None:
+        downgrade(args.database_url, args.downgrade)
+        print(f"reality: downgraded to {args.downgrade}", file=sys.stderr)
+    else:
+        upgrade(args.database_url, args.revision)
+        print(f"reality: upgraded to {args.revision}", file=sys.stderr)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run
+
+    return run(host=args.host, port=args.port, database_url=args.database_url, orm=args.orm)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    handlers = {"serve": _serve, "migrate": _migrate, "demo": _demo}
+    try:
+        return handlers[args.command](args)
+    except RealityError as exc:
+        print(f"reality {args.command}: {exc.message}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())
