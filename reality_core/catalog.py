@@ -23,7 +23,7 @@ RawSQLPolicy = Literal["conservative", "strict"]
 def check_raw_sql_policy(policy: object) -> RawSQLPolicy:
     if policy not in ("conservative", "strict"):
         raise ConfigurationError(f"raw_sql must be 'conservative' or 'strict', not {policy!r}")
-    return policy  # type: ignore[return-value]
+    return policy
 
 
 class Catalog:

@@ -117,7 +117,9 @@ class KeyTemplate:
         try:
             parsed = list(string.Formatter().parse(pattern))
         except ValueError as exc:
-            raise DeclarationError(f"{owner}: key template {pattern!r} is malformed: {exc}") from exc
+            raise DeclarationError(
+                f"{owner}: key template {pattern!r} is malformed: {exc}"
+            ) from exc
         literal_so_far = ""
         for literal, name, spec, conversion in parsed:
             literal_so_far += literal

@@ -17,6 +17,7 @@ rows are never deleted, so a version is never reused (I8).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import secrets
 import time
@@ -180,10 +181,9 @@ def run_bump(dbapi_conn: Any, dialect: Dialect, keys: Sequence[str], paramstyle:
         finally:
             cursor.close()
     except Exception as exc:
-        try:
+        # The original error is the one worth reporting, not a failing rollback.
+        with contextlib.suppress(Exception):
             dbapi_conn.rollback()
-        except Exception:  # the original error is the one worth reporting
-            pass
         raise bump_failed(exc, len(keys)) from exc
 
 

@@ -199,18 +199,17 @@ def _keep_old_value(target: Any, value: Any, oldvalue: Any, initiator: Any) -> A
 def _track_link_tables(mapper: Mapper[Any]) -> None:
     def link(m: Mapper[Any], _cls: Any = None) -> None:
         for prop in m.relationships:
-            if isinstance(prop, RelationshipProperty) and isinstance(prop.secondary, sa.Table):
-                if registry.get(table_name(prop.secondary)) is None:
-                    secondary = prop.secondary
-                    decl = declare(
-                        owner=f"link table {table_name(secondary)}",
-                        table=table_name(secondary),
-                        columns=[c.key for c in secondary.columns],
-                        primary_key=[c.key for c in secondary.primary_key.columns],
-                        row_keys=False, links=_links(secondary),
-                        cascades_from=_cascades_from(secondary),
-                    )
-                    registry.add(Tracked(decl, secondary, explicit=False))
+            secondary = prop.secondary if isinstance(prop, RelationshipProperty) else None
+            if isinstance(secondary, sa.Table) and registry.get(table_name(secondary)) is None:
+                decl = declare(
+                    owner=f"link table {table_name(secondary)}",
+                    table=table_name(secondary),
+                    columns=[c.key for c in secondary.columns],
+                    primary_key=[c.key for c in secondary.primary_key.columns],
+                    row_keys=False, links=_links(secondary),
+                    cascades_from=_cascades_from(secondary),
+                )
+                registry.add(Tracked(decl, secondary, explicit=False))
 
     if mapper.configured:
         link(mapper)

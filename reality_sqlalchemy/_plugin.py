@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -74,7 +74,8 @@ class _ConnState:
 
 
 def _state(conn: Connection) -> _ConnState | None:
-    return getattr(conn, _STATE_ATTR, None)  # type: ignore[no-any-return]
+    state: _ConnState | None = getattr(conn, _STATE_ATTR, None)
+    return state
 
 
 def _ensure_state(conn: Connection) -> _ConnState:
@@ -107,7 +108,7 @@ def _images(tracked: Tracked, target: Any, op: str) -> tuple[dict[str, Any] | No
         # The identity key holds the primary key the row had when loaded.
         mapper: Mapper[Any] = state.mapper
         for col, value in zip(mapper.primary_key, state.key[1], strict=False):
-            if col.table is tracked.table:
+            if col.table is tracked.table and col.key is not None:
                 old[col.key] = value
     if op == "insert":
         return new, None
@@ -171,7 +172,7 @@ def _dml_keys(stmt: Any, tracked: Tracked, result: Any) -> set[str]:
     params: list[Mapping[str, Any]] = list(getattr(context, "compiled_parameters", None) or [])
     if isinstance(stmt, dml.Insert):
         upsert = getattr(stmt, "_post_values_clause", None) is not None
-        if stmt.select is not None or getattr(stmt, "_multi_values", ()) or not params:
+        if stmt.select is not None or bool(getattr(stmt, "_multi_values", ())) or not params:
             return decl.escalation_keys()
         pk_rows: list[Any] = []
         try:
@@ -295,7 +296,7 @@ class _Plugin:
             return _dml_keys(stmt, tracked, result)
         if isinstance(stmt, str):
             sql = stmt
-        elif isinstance(stmt, (elements.TextClause, sa.sql.Select, sa.sql.expression.CompoundSelect)):
+        elif isinstance(stmt, (elements.TextClause, sa.Select, sa.CompoundSelect)):
             sql = getattr(getattr(result, "context", None), "statement", None) or str(stmt)
         else:
             return set()

@@ -23,7 +23,9 @@ def enable_sqlite_savepoints(engine: sa.Engine | AsyncEngine) -> None:
     """
     sync = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
     if sync.dialect.name != "sqlite":
-        raise ConfigurationError(f"enable_sqlite_savepoints() is for SQLite, not {sync.dialect.name}")
+        raise ConfigurationError(
+            f"enable_sqlite_savepoints() is for SQLite engines, not {sync.dialect.name}"
+        )
     if event.contains(sync, "connect", _sqlite_connect):
         return
     event.listen(sync, "connect", _sqlite_connect)
