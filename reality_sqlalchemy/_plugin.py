@@ -145,23 +145,28 @@ def _cascade_keys(name: str) -> set[str]:
 
 # --- keys from Core statements and raw SQL ----------------------------------------------
 
-def _pk_binds(stmt: Any, table: sa.Table) -> dict[str, str] | None:
-    """If ``stmt`` filters on exactly ``pk = :param`` (the shape of by-primary-key bulk
-    updates), map each pk column key to its bind name; else ``None``."""
+def _pk_binds(stmt: Any, table: sa.Table) -> dict[str, tuple[bool, Any]] | None:
+    """If ``stmt`` filters on exactly ``pk = <bind>`` (the shape of by-primary-key bulk
+    updates), map each pk column key to where its value is: ``(True, value)`` for a bound
+    literal, ``(False, name)`` for a named parameter of an executemany; else ``None``."""
     crit = stmt.whereclause
     if crit is None:
         return None
-    clauses = list(crit.clauses) if isinstance(crit, elements.BooleanClauseList) else [crit]
-    if isinstance(crit, elements.BooleanClauseList) and crit.operator is not sa.sql.operators.and_:
+    is_list = isinstance(crit, elements.BooleanClauseList)
+    if is_list and crit.operator is not sa.sql.operators.and_:
         return None
-    found: dict[str, str] = {}
-    for clause in clauses:
+    found: dict[str, tuple[bool, Any]] = {}
+    for clause in list(crit.clauses) if is_list else [crit]:
         if not (isinstance(clause, elements.BinaryExpression)
                 and clause.operator is sa.sql.operators.eq
                 and isinstance(clause.left, sa.Column)
                 and isinstance(clause.right, elements.BindParameter)):
             return None
-        found[clause.left.key] = clause.right.key
+        bind = clause.right
+        if isinstance(bind.key, elements._anonymous_label) or bind.unique:
+            found[clause.left.key] = (True, bind.effective_value)
+        else:
+            found[clause.left.key] = (False, bind.key)
     pk = {c.key for c in table.primary_key.columns}
     return found if set(found) == pk else None
 
@@ -200,7 +205,8 @@ def _dml_keys(stmt: Any, tracked: Tracked, result: Any) -> set[str]:
     else:
         keys = set()
         for values in params:
-            pk = {col: values.get(bind, MISSING) for col, bind in binds.items()}
+            pk = {col: value if literal else values.get(value, MISSING)
+                  for col, (literal, value) in binds.items()}
             keys |= decl.keys_for_row(None, pk)
         keys.update(t.escalation for t in decl.templates)
         keys.update(decl.escalation_keys() - {decl.row_escalation} if decl.links else set())
@@ -230,6 +236,7 @@ class _Plugin:
         ]
         self.engine_listeners: list[tuple[str, Any]] = [
             ("after_execute", self.after_execute),
+            ("after_cursor_execute", self.after_cursor_execute),
             ("savepoint", self.on_savepoint),
             ("release_savepoint", self.on_release_savepoint),
             ("rollback_savepoint", self.on_rollback_savepoint),
@@ -281,6 +288,12 @@ class _Plugin:
             raise WritePathError(f"Reality could not compute keys for a statement: {exc}") from exc
         if keys:
             state.buffer.add(keys)
+
+    def after_cursor_execute(self, conn: Connection, cursor: Any, statement: str,
+                             parameters: Any, context: Any, executemany: bool) -> None:
+        # Only exec_driver_sql() lacks a compiled statement, and only it skips after_execute.
+        if context is not None and context.compiled is None:
+            self.after_execute(conn, statement, (), {}, {}, None)
 
     def _statement_keys(self, state: _ConnState, stmt: Any, result: Any) -> set[str]:
         if isinstance(stmt, (dml.Insert, dml.Update, dml.Delete)):
@@ -342,7 +355,15 @@ def write_bump(conn: Connection, keys: list[str], dialect: Any) -> None:
     dbapi_conn = conn.connection.dbapi_connection
     if dbapi_conn is None:
         raise WritePathError("the connection was invalidated before COMMIT; nothing committed")
-    run_bump(dbapi_conn, dialect, keys, conn.dialect.paramstyle)
+    try:
+        run_bump(dbapi_conn, dialect, keys, conn.dialect.paramstyle)
+    except WritePathError as exc:
+        cause = exc.__cause__
+        # The bump ran outside SQLAlchemy's error handling, so tell the pool ourselves when
+        # the connection is dead; otherwise the next checkout would get a closed connection.
+        if isinstance(cause, Exception) and conn.dialect.is_disconnect(cause, dbapi_conn, None):
+            conn.invalidate(cause)
+        raise
 
 
 def _require_sqlite_begin_recipe(conn: Connection) -> None:

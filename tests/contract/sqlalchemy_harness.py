@@ -308,8 +308,8 @@ def _sync_url(dialect: str, url: str) -> str:
 
 
 def _create_schema(conn: sa.Connection, dialect: str) -> None:
-    Base.metadata.drop_all(conn)
     conn.exec_driver_sql("DROP TABLE IF EXISTS order_notes")
+    Base.metadata.drop_all(conn)
     conn.exec_driver_sql("DROP TABLE IF EXISTS reality_versions")
     conn.exec_driver_sql("DROP TABLE IF EXISTS reality_meta")
     Base.metadata.create_all(conn)

@@ -13,6 +13,7 @@ import contextlib
 import pytest
 
 from reality_core.keys import row_key, table_key
+from reality_core.urls import DatabaseURL
 from tests.contract.harness import Harness
 
 T = table_key("orders")
@@ -283,23 +284,14 @@ async def test_c10_read_rule_never_pairs_old_data_with_new_version(harness: Harn
     stale_total = await _total(h, 1)
     await h.update_order(1, total=6)
     new_version = (await h.versions(room(1)))[room(1)]
-    assert stale_total == 5 and (await h.versions(room(1)))[room(1)] == new_version, (
+    assert stale_total == 5
+    assert (await h.versions(room(1)))[room(1)] == new_version, (
         "old data stored under the newest version would never be refetched"
     )
 
 
 async def _total(h: Harness, order_id: int) -> int:
-    # Reads the data through the store's connection type, independent of the writer.
-    before = await h.count_orders()
-    assert before >= 1
-    reader = h  # the harness reads on its own connections
-    conn_total = await _read_total(reader, order_id)
-    return conn_total
-
-
-async def _read_total(h: Harness, order_id: int) -> int:
-    from reality_core.urls import DatabaseURL
-
+    """The order's total, read on a connection of its own (like a client's data fetch)."""
     url: DatabaseURL = h._url  # type: ignore[attr-defined]
     conn = url.dbapi_connect()
     try:
