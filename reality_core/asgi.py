@@ -60,7 +60,10 @@ class SyncASGIApp:
                 response = error_response(405, "method_not_allowed", "use POST for sync",
                                           (("allow", "POST"),))
             else:
-                response = await self._sync(scope, receive)
+                received = await self._sync(scope, receive)
+                if received is None:
+                    return  # the client went away: nobody to answer
+                response = received
         elif path == f"{self.base}/health":
             if method not in ("GET", "HEAD"):
                 response = error_response(405, "method_not_allowed", "use GET for health",
@@ -69,21 +72,28 @@ class SyncASGIApp:
                 response = await asyncio.to_thread(self.service.health)
         else:
             response = error_response(404, "not_found", f"no such endpoint: {path[:200]}")
-        await _send(send, response)
+        await _send(send, response, head=method == "HEAD")
 
-    async def _sync(self, scope: Scope, receive: Receive) -> Response:
+    async def _sync(self, scope: Scope, receive: Receive) -> Response | None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1")
                    for k, v in scope.get("headers", ())}
         limit = self.service.limits.max_body_bytes
         declared = headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > limit:
-            return error_response(413, "body_too_large", f"the body is larger than {limit} bytes")
+        if declared is not None:
+            length = parse_content_length(declared)
+            if length is None:
+                return error_response(400, "bad_content_length",
+                                      "Content-Length must be a number")
+            if length > limit:
+                # Refused before reading a byte; a chunked body is counted as it arrives.
+                return error_response(413, "body_too_large",
+                                      f"the body is larger than {limit} bytes")
         chunks: list[bytes] = []
         size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return error_response(400, "disconnected", "client went away")
+                return None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
@@ -98,13 +108,23 @@ class SyncASGIApp:
         )
 
 
-async def _send(send: Send, response: Response) -> None:
+def parse_content_length(value: str) -> int | None:
+    """The value of a Content-Length header, or ``None`` if it is not a plain decimal number
+    (``str.isdigit`` alone would accept digits such as ``"²"`` that ``int()`` refuses)."""
+    value = value.strip()
+    if not value or not value.isascii() or not value.isdigit():
+        return None
+    return int(value)
+
+
+async def _send(send: Send, response: Response, *, head: bool = False) -> None:
     headers = [(b"content-type", response.content_type.encode()),
                (b"content-length", str(len(response.body)).encode()),
                (b"cache-control", b"no-store")]
     headers += [(k.encode(), v.encode()) for k, v in response.headers]
     await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    await send({"type": "http.response.body", "body": response.body})
+    # A HEAD answer carries the headers of the GET answer and no body (RFC 9110 §9.3.2).
+    await send({"type": "http.response.body", "body": b"" if head else response.body})
 
 
 async def _lifespan(receive: Receive, send: Send) -> None:

@@ -68,6 +68,10 @@ def validate_known(known: object, limits: Limits) -> dict[str, int]:
         problem = key_problem(key)
         if problem is None and len(key) > limits.max_key_length:
             problem = f"a key is at most {limits.max_key_length} characters"
+        if problem is None and not _encodable(key):
+            # JSON can spell lone surrogates ("\ud800"); no database can store them, and
+            # the driver would fail the whole read (a 503) instead of refusing the key.
+            problem = "a key must be valid Unicode (no lone surrogates)"
         if problem is not None:
             raise ProtocolError(f"{problem}: {str(key)[:80]!r}", code="invalid_key")
         if isinstance(version, bool) or not isinstance(version, int):
@@ -109,10 +113,11 @@ def parse_body(body: bytes, content_type: str | None, limits: Limits) -> SyncReq
     if client_id is not None and not isinstance(client_id, str):
         raise ProtocolError('"clientId" must be a string', code="invalid_body")
     mode = data.get("mode")
-    if mode is not None and mode not in MODES:
+    # isinstance first: a list or object is unhashable and must not reach the set lookup.
+    if mode is not None and not (isinstance(mode, str) and mode in MODES):
         raise ProtocolError(f'"mode" must be one of {sorted(MODES)}', code="invalid_body")
     hint = data.get("hint")
-    if hint is not None and hint not in HINTS:
+    if hint is not None and not (isinstance(hint, str) and hint in HINTS):
         raise ProtocolError(f'"hint" must be one of {sorted(HINTS)}', code="invalid_body")
     return SyncRequest(known=known, client_id=client_id, hint=hint)
 
@@ -124,21 +129,36 @@ def raise_too_large(limits: Limits) -> None:
     )
 
 
+def _encodable(key: str) -> bool:
+    if key.isascii():
+        return True
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in JSON")
 
 
 _TITLES: Final = {
-    400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-    413: "Content Too Large", 415: "Unsupported Media Type", 500: "Internal Server Error",
-    503: "Service Unavailable",
+    200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 411: "Length Required", 413: "Content Too Large",
+    415: "Unsupported Media Type", 500: "Internal Server Error", 503: "Service Unavailable",
 }
+
+
+def reason_phrase(status: int) -> str:
+    """The HTTP reason phrase for the statuses the endpoint answers with."""
+    return _TITLES.get(status, "Error")
 
 
 def problem(status: int, code: str, detail: str) -> bytes:
     """An RFC 9457 problem document."""
     return json.dumps(
-        {"type": PROBLEM_TYPE_BASE + code, "title": _TITLES.get(status, "Error"),
+        {"type": PROBLEM_TYPE_BASE + code, "title": reason_phrase(status),
          "status": status, "code": code, "detail": detail},
         separators=(",", ":"),
     ).encode()

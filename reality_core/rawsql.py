@@ -1,15 +1,19 @@
 """Which tables a raw SQL string writes to.
 
 ORMs cannot see inside ``text("UPDATE orders ...")`` or ``execute_sql``; this module can,
-well enough to bump the right table keys. It strips comments and string literals, then looks
-for the statements that change rows: INSERT, UPDATE, DELETE, MERGE, REPLACE, TRUNCATE and
-COPY ... FROM, anywhere in the string (CTEs and multi-statement strings included).
+well enough to bump the right table keys. It skips comments and string literals (by the
+quoting rules of the dialect, or of every dialect when none is given), then looks for the
+statements that change rows: INSERT, UPDATE, DELETE, MERGE, REPLACE, TRUNCATE, COPY ... FROM
+and LOAD DATA, anywhere in the string (CTEs and multi-statement strings included). Clauses
+that only look like writes (``SELECT ... FOR UPDATE``, ``ON CONFLICT DO UPDATE``, ``ON
+DUPLICATE KEY UPDATE``, ``ON DELETE CASCADE``, ``GRANT UPDATE``) are not statements.
 
 :func:`written_tables` returns the set of table names written, or ``None`` when the string
 holds a data-changing statement whose target it cannot read (``DO`` blocks, ``CALL``,
-MySQL's multi-table ``DELETE a, b FROM``...). Plugins then bump conservatively or fail,
-as configured; they never skip silently. Writes hidden inside functions or triggers called
-from a plain ``SELECT`` are not visible here (a stated limitation).
+``EXECUTE`` of a prepared statement, MySQL's multi-table ``DELETE a, b FROM``...). Plugins
+then bump conservatively or fail, as configured; they never skip silently. Writes hidden
+inside functions or triggers called from a plain ``SELECT`` are not visible here (a stated
+limitation).
 """
 
 from __future__ import annotations
@@ -17,39 +21,78 @@ from __future__ import annotations
 import re
 from typing import Final
 
+from .store import normalize_dialect
+
 _QUICK: Final = re.compile(
-    r"\b(insert|update|delete|merge|replace|truncate|copy|do|call)\b", re.IGNORECASE
+    r"\b(insert|update|delete|merge|replace|truncate|copy|do|call|execute|load)\b", re.IGNORECASE
 )
-_TOKEN: Final = re.compile(
-    r"""
-      (?P<ws>\s+)
-    | (?P<line_comment>--[^\n]*)
-    | (?P<block_comment>/\*.*?(?:\*/|\Z))
-    | (?P<string>[eEbBxXnN]?'(?:[^']|'')*(?:'|\Z))
-    | (?P<dollar>\$(?P<tag>[A-Za-z_][A-Za-z0-9_]*)?\$.*?(?:\$(?P=tag)?\$|\Z))
-    | (?P<qident>"(?:[^"]|"")*"|`(?:[^`]|``)*`|\[[^\]]*\])
-    | (?P<word>[A-Za-z_][A-Za-z0-9_$]*)
-    | (?P<other>.)
-    """,
-    re.VERBOSE | re.DOTALL,
-)
+
+
+def _token_pattern(dialect: str) -> re.Pattern[str]:
+    r"""The tokenizer for one dialect's quoting and comment rules.
+
+    This is where dialects disagree: PostgreSQL and SQLite end ``'C:\'`` at the second quote
+    (only PostgreSQL's ``E'...'`` knows backslash escapes), MySQL reads ``\'`` as an escaped
+    quote, ``"..."`` as a string and ``#`` as a comment; SQLite quotes names in ``[...]``;
+    only PostgreSQL has ``$tag$`` strings. Read with the wrong rules, a string or comment can
+    swallow the statement after it.
+    """
+    comment = r"--[^\n]*"
+    dollar = ""
+    if dialect == "mysql":
+        # A MySQL double-quoted string sits where a name never does; reading it as a name
+        # keeps INSERT INTO "orders" (ANSI_QUOTES) readable.
+        string = r"(?:_[A-Za-z0-9]+|[nNxXbB])?'(?:[^'\\]|''|\\.)*(?:'|\Z)"
+        qident = r'"(?:[^"\\]|""|\\.)*"|`(?:[^`]|``)*`'
+        comment = r"(?:--(?=\s|\Z)|\#)[^\n]*"
+    else:
+        string = r"[eE]'(?:[^'\\]|''|\\.)*(?:'|\Z)|[bBxXnNuU]?&?'(?:[^']|'')*(?:'|\Z)"
+        qident = r'"(?:[^"]|"")*"|`(?:[^`]|``)*`'
+        if dialect == "sqlite":
+            qident += r"|\[[^\]]*\]"
+        else:
+            dollar = r"| (?P<dollar>\$(?P<tag>[A-Za-z_]\w*)?\$.*?(?:(?(tag)\$(?P=tag)\$|\$\$)|\Z))"
+    return re.compile(
+        rf"""
+          (?P<ws>\s+)
+        | (?P<line_comment>{comment})
+        | (?P<block_comment>/\*.*?(?:\*/|\Z))
+        | (?P<string>{string})
+        {dollar}
+        | (?P<qident>{qident})
+        | (?P<word>[A-Za-z_][A-Za-z0-9_$]*)
+        | (?P<other>.)
+        """,
+        re.VERBOSE | re.DOTALL,
+    )
+
+
+_PATTERNS: Final = {d: _token_pattern(d) for d in ("postgresql", "sqlite", "mysql")}
 
 # Words that may sit between the verb and the table name.
 _MODIFIERS: Final = frozenset({"LOW_PRIORITY", "DELAYED", "HIGH_PRIORITY", "IGNORE", "QUICK",
                                "ONLY", "TABLE"})
-# UPDATE/DELETE preceded by these is a clause, not a statement (ON CONFLICT DO UPDATE,
-# SELECT ... FOR UPDATE, ON DUPLICATE KEY UPDATE, FOR NO KEY UPDATE, ON DELETE CASCADE).
-_CLAUSE_PREDECESSORS: Final = frozenset({"DO", "FOR", "KEY", "ON"})
+# INSERT/UPDATE/DELETE preceded by these is a clause, not a statement: ON CONFLICT DO UPDATE,
+# SELECT ... FOR UPDATE, FOR NO KEY UPDATE, ON DUPLICATE KEY UPDATE, ON DELETE CASCADE,
+# MERGE's WHEN MATCHED THEN UPDATE, a trigger's AFTER INSERT OR UPDATE OF col.
+_CLAUSE_PREDECESSORS: Final = frozenset({"DO", "FOR", "KEY", "ON", "THEN", "BEFORE", "AFTER",
+                                         "OF", "OR"})
+# REPLACE preceded by these is no statement: CREATE OR REPLACE, SQLite's ON CONFLICT REPLACE.
+_REPLACE_PREDECESSORS: Final = frozenset({"OR", "CONFLICT"})
+# Statements that change data in ways no table name in them reveals.
+_OPAQUE_STATEMENTS: Final = frozenset({"DO", "CALL", "EXECUTE"})
+
+Token = tuple[str, str]
 
 
 class _Unreadable(Exception):
     pass
 
 
-def _tokens(sql: str) -> list[tuple[str, str]]:
-    """(kind, text) pairs: kind is 'word' (upper-cased), 'ident' (a name) or 'punct'."""
-    out: list[tuple[str, str]] = []
-    for m in _TOKEN.finditer(sql):
+def _tokens(sql: str, pattern: re.Pattern[str]) -> list[Token]:
+    """(kind, text) pairs: kind is 'word', 'qident' (a quoted name), 'punct' or 'literal'."""
+    out: list[Token] = []
+    for m in pattern.finditer(sql):
         kind = m.lastgroup
         text = m.group()
         if kind == "word":
@@ -65,7 +108,7 @@ def _tokens(sql: str) -> list[tuple[str, str]]:
     return out
 
 
-def _name_at(tokens: list[tuple[str, str]], i: int) -> tuple[str, int]:
+def _name_at(tokens: list[Token], i: int) -> tuple[str, int]:
     """Read ``name`` or ``schema.name`` at ``i``; return the table name and the next index."""
     parts: list[str] = []
     while True:
@@ -80,24 +123,54 @@ def _name_at(tokens: list[tuple[str, str]], i: int) -> tuple[str, int]:
         return ".".join(parts), i
 
 
-def _skip_modifiers(tokens: list[tuple[str, str]], i: int) -> int:
+def _skip_modifiers(tokens: list[Token], i: int) -> int:
     while i < len(tokens) and tokens[i][0] == "word" and tokens[i][1].upper() in _MODIFIERS:
         i += 1
     return i
 
 
-def written_tables(sql: str) -> set[str] | None:
+def _upper(tokens: list[Token], i: int) -> str:
+    return tokens[i][1].upper() if i < len(tokens) and tokens[i][0] == "word" else ""
+
+
+def written_tables(sql: str, *, dialect: str | None = None) -> set[str] | None:
     """Tables ``sql`` writes to (lower-cased unless quoted; ``schema.table`` when qualified),
-    or ``None`` if it changes data in a way this parser cannot attribute to tables."""
+    or ``None`` if it changes data in a way this parser cannot attribute to tables.
+
+    ``dialect`` (``postgresql``, ``sqlite``, ``mysql``/``mariadb``) picks that dialect's
+    quoting rules. Without it the SQL is read under every dialect's rules that could change
+    the reading, and the findings are united: never fewer tables than the true dialect's
+    reading, and ``None`` when any reading cannot attribute a write.
+    """
     if not _QUICK.search(sql):
         return set()
-    tokens = _tokens(sql)
+    if dialect is not None:
+        patterns = [_PATTERNS[normalize_dialect(dialect)]]
+    else:
+        patterns = [_PATTERNS["postgresql"]]
+        if "[" in sql:
+            patterns.append(_PATTERNS["sqlite"])
+        if any(c in sql for c in ("\\", '"', "#", "--")):
+            patterns.append(_PATTERNS["mysql"])
+    found: set[str] = set()
+    for pattern in patterns:
+        tables = _scan(_tokens(sql, pattern))
+        if tables is None:
+            return None
+        found |= tables
+    return found
+
+
+def _scan(tokens: list[Token]) -> set[str] | None:
     found: set[str] = set()
     statement_start = True
+    privileges = False  # inside GRANT/REVOKE, INSERT and UPDATE are privilege names
     try:
         for i, (kind, text) in enumerate(tokens):
             if kind == "punct":
                 statement_start = text == ";"
+                if statement_start:
+                    privileges = False
                 continue
             if kind != "word":
                 statement_start = False
@@ -107,33 +180,36 @@ def written_tables(sql: str) -> set[str] | None:
             statement_start = False
             prev = tokens[i - 1][1].upper() if i and tokens[i - 1][0] == "word" else ""
             nxt = tokens[i + 1] if i + 1 < len(tokens) else ("", "")
-            if word in ("DO", "CALL") and at_start:
+            if at_start and word in _OPAQUE_STATEMENTS:
                 return None
-            if nxt == ("punct", "("):
-                continue  # a function such as replace(...), not a statement
-            if word == "INSERT" or (word == "REPLACE" and prev != "OR"):
+            if word in ("GRANT", "REVOKE"):
+                privileges = True
+            if privileges or nxt == ("punct", "("):
+                continue  # a privilege, or a function such as replace(...): not a statement
+            if (word == "INSERT" and prev not in _CLAUSE_PREDECESSORS) or (
+                word == "REPLACE" and prev not in _REPLACE_PREDECESSORS
+            ):
                 j = _skip_modifiers(tokens, i + 1)
-                if j < len(tokens) and tokens[j][1].upper() == "OR":  # SQLite INSERT OR IGNORE
+                if _upper(tokens, j) == "OR":  # SQLite INSERT OR IGNORE / OR REPLACE
                     j += 2
-                if j < len(tokens) and tokens[j][1].upper() == "INTO":
+                if _upper(tokens, j) == "INTO":
                     j += 1
                 found.add(_name_at(tokens, j)[0])
             elif word == "UPDATE" and prev not in _CLAUSE_PREDECESSORS:
-                name, j = _name_at(tokens, _skip_modifiers(tokens, i + 1))
+                j = _skip_modifiers(tokens, i + 1)
+                if _upper(tokens, j) == "OR":  # SQLite UPDATE OR IGNORE / OR REPLACE ...
+                    j += 2
+                name, j = _name_at(tokens, j)
                 found.add(name)
-                # MySQL multi-table UPDATE a JOIN b ... SET: every joined table may change.
-                while j < len(tokens) and tokens[j][1].upper() != "SET":
-                    if tokens[j][1].upper() == "JOIN" or tokens[j] == ("punct", ","):
-                        found.add(_name_at(tokens, j + 1)[0])
-                    j += 1
+                found |= _joined_tables(tokens, j)
             elif word == "DELETE" and prev not in _CLAUSE_PREDECESSORS:
                 j = _skip_modifiers(tokens, i + 1)
-                if j >= len(tokens) or tokens[j][1].upper() != "FROM":
+                if _upper(tokens, j) != "FROM":
                     return None  # MySQL's DELETE t1, t2 FROM ...
                 found.add(_name_at(tokens, _skip_modifiers(tokens, j + 1))[0])
             elif word == "MERGE":
                 j = i + 1
-                if j < len(tokens) and tokens[j][1].upper() == "INTO":
+                if _upper(tokens, j) == "INTO":
                     j += 1
                 found.add(_name_at(tokens, j)[0])
             elif word == "TRUNCATE":
@@ -149,12 +225,56 @@ def written_tables(sql: str) -> set[str] | None:
                 if nxt[0] not in ("word", "qident"):
                     continue  # COPY (SELECT ...) TO: a read
                 name, j = _name_at(tokens, i + 1)
-                rest = {t[1].upper() for t in tokens[j:] if t[0] == "word"}
-                if "FROM" in rest:
+                if "FROM" in _statement_words(tokens, j):
                     found.add(name)
+            elif word == "LOAD" and at_start and _upper(tokens, i + 1) in ("DATA", "XML"):
+                # MySQL LOAD DATA [LOCAL] INFILE 'f' [REPLACE|IGNORE] INTO TABLE name
+                words = _statement_words(tokens, i + 1)
+                if "INTO" not in words:
+                    return None
+                j = i + 1
+                while _upper(tokens, j) != "INTO":
+                    j += 1
+                j += 1
+                if _upper(tokens, j) == "TABLE":
+                    j += 1
+                found.add(_name_at(tokens, j)[0])
     except _Unreadable:
         return None
     return found
+
+
+def _joined_tables(tokens: list[Token], j: int) -> set[str]:
+    """MySQL's multi-table ``UPDATE a JOIN b ... SET`` / ``UPDATE a, b SET``: every joined
+    table may change. Reads up to SET, outside parentheses (a joined subquery is no table)."""
+    found: set[str] = set()
+    depth = 0
+    while j < len(tokens) and tokens[j] != ("punct", ";"):
+        token = tokens[j]
+        if token == ("punct", "("):
+            depth += 1
+        elif token == ("punct", ")"):
+            depth -= 1
+        elif depth == 0:
+            word = _upper(tokens, j)
+            if word == "SET":
+                break
+            if (word == "JOIN" or token == ("punct", ",")) and tokens[j + 1 : j + 2] != [
+                ("punct", "(")
+            ]:
+                found.add(_name_at(tokens, j + 1)[0])
+        j += 1
+    return found
+
+
+def _statement_words(tokens: list[Token], j: int) -> set[str]:
+    """The upper-cased words from ``j`` to the end of the statement."""
+    words: set[str] = set()
+    while j < len(tokens) and tokens[j] != ("punct", ";"):
+        if tokens[j][0] == "word":
+            words.add(tokens[j][1].upper())
+        j += 1
+    return words
 
 
 def matches(written: str, table: str, schema: str | None = None) -> bool:

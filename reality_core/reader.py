@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
-from .errors import StoreError, StoreUnavailable
+from .errors import ConfigurationError, StoreError, StoreUnavailable
 from .store import Snapshot, read_statement, snapshot_from_rows
 from .urls import DatabaseURL
 
@@ -42,9 +42,7 @@ class DBAPIReader:
     def __init__(
         self, connect: Connect, *, paramstyle: str, pool_size: int = 4, description: str = ""
     ) -> None:
-        if pool_size < 1:
-            from .errors import ConfigurationError
-
+        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ConfigurationError(f"pool_size must be at least 1, not {pool_size}")
         self._connect = connect
         self._pool: list[Any] = []
@@ -62,10 +60,14 @@ class DBAPIReader:
         return cls(parsed.dbapi_connect, paramstyle=parsed.paramstyle, pool_size=pool_size,
                    description=parsed.render(hide_password=True))
 
-    def _checkout(self) -> Any:
+    def _checkout(self) -> tuple[Any, bool]:
+        """A connection, and whether it came from the pool (it may have gone stale there)."""
         with self._lock:
             if self._pool:
-                return self._pool.pop()
+                return self._pool.pop(), True
+        return self._open(), False
+
+    def _open(self) -> Any:
         try:
             return self._connect()
         except Exception as exc:
@@ -79,27 +81,24 @@ class DBAPIReader:
         _close_quietly(conn)
 
     def _run(self, sql: str, params: Any) -> list[Any]:
-        conn = self._checkout()
+        conn, pooled = self._checkout()
         try:
-            cur = conn.cursor()
-            try:
-                cur.execute(sql, params)
-                rows = list(cur.fetchall())
-            finally:
-                cur.close()
-            # End the read's transaction on drivers not in autocommit (pooled connections
-            # lent by an ORM), so no snapshot stays open between requests.
-            conn.rollback()
+            rows = _query(conn, sql, params)
         except Exception as exc:
             # A connection that failed once is not trusted again (it may be cut off).
-            _close_quietly(conn)
-            text = str(exc).lower()
-            if any(h in text for h in _MISSING_TABLE_HINTS):
-                raise StoreError(
-                    "the Reality tables are missing: run \"reality migrate --database-url ...\""
-                    f" or create_tables() ({exc})"
-                ) from exc
-            raise StoreUnavailable(f"version store query failed: {exc}") from exc
+            _discard(conn)
+            if not pooled or _tables_missing(exc):
+                raise _store_error(exc) from exc
+            # An idle pooled connection may have been cut (server restart, idle timeout,
+            # pg_terminate_backend): one more try on a fresh connection, so a restart costs
+            # the caller nothing instead of one 503 per pooled connection.
+            log.info("version store: pooled connection failed (%s); reconnecting", exc)
+            conn = self._open()
+            try:
+                rows = _query(conn, sql, params)
+            except Exception as retry_exc:
+                _discard(conn)
+                raise _store_error(retry_exc) from retry_exc
         self._checkin(conn)
         return rows
 
@@ -115,6 +114,48 @@ class DBAPIReader:
             pool, self._pool = self._pool, []
         for conn in pool:
             _close_quietly(conn)
+
+
+def _query(conn: Any, sql: str, params: Any) -> list[Any]:
+    cur = conn.cursor()
+    try:
+        cur.execute(sql, params)
+        rows = list(cur.fetchall())
+    finally:
+        cur.close()
+    # End the read's transaction on drivers not in autocommit (pooled connections lent by an
+    # ORM), so no snapshot stays open between requests.
+    conn.rollback()
+    return rows
+
+
+def _tables_missing(exc: Exception) -> bool:
+    text = str(exc).lower()
+    return any(h in text for h in _MISSING_TABLE_HINTS)
+
+
+def _store_error(exc: Exception) -> StoreError:
+    if _tables_missing(exc):
+        return StoreError(
+            "the Reality tables are missing: run \"reality migrate --database-url ...\""
+            f" or create_tables() ({exc})"
+        )
+    return StoreUnavailable(f"version store query failed: {exc}")
+
+
+def _discard(conn: Any) -> None:
+    """Close a connection that failed. A connection lent by a pool (SQLAlchemy's
+    ``engine.raw_connection``) would go back to that pool on ``close()``, to fail the next
+    reader too, so it is invalidated instead."""
+    invalidate = getattr(conn, "invalidate", None)
+    if callable(invalidate):
+        try:
+            invalidate()
+        except Exception:  # already broken; nothing useful to report
+            log.debug("invalidating a broken connection failed", exc_info=True)
+        else:
+            return
+    _close_quietly(conn)
 
 
 def _close_quietly(conn: Any) -> None:

@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigurationError, ProtocolError, StoreError
+from .errors import ConfigurationError, ProtocolError, StoreError, StoreUnavailable
 from .protocol import Limits, parse_body, problem, validate_known
 from .reader import VersionReader
 
@@ -92,7 +92,8 @@ class SyncService:
         if self.authorizer is None or not known:
             return
         keys = frozenset(known)
-        allowed = self.authorizer(keys, headers)
+        # The HTTP apps already lower-case names; callers of sync() may not have.
+        allowed = self.authorizer(keys, {k.lower(): v for k, v in headers.items()})
         refused = keys.difference(allowed)
         if refused:
             raise ProtocolError(
@@ -111,9 +112,9 @@ class SyncService:
             return error_response(exc.status, exc.code, exc.message)
         except StoreError as exc:
             log.warning("sync: version store unavailable: %s", exc)
+            code, detail = _store_problem(exc)
             return error_response(
-                503, exc.code, "the version store is unavailable; retry later",
-                (("retry-after", str(self.retry_after)),),
+                503, code, f"{detail}; retry later", (("retry-after", str(self.retry_after)),)
             )
         except Exception:
             log.exception("sync: internal error")
@@ -125,7 +126,11 @@ class SyncService:
         try:
             self.reader.ping()
         except StoreError as exc:
-            body = {"status": "unavailable", "store": "unreachable", "detail": exc.message}
+            # The driver's message names hosts and ports; it goes to the log, not to callers.
+            log.warning("health: version store unavailable: %s", exc)
+            code, detail = _store_problem(exc)
+            state = "unreachable" if code == "store_unavailable" else "not_ready"
+            body = {"status": "unavailable", "store": state, "reason": code, "detail": detail}
             return Response(503, json.dumps(body).encode(),
                             headers=(("retry-after", str(self.retry_after)),))
         except Exception as exc:
@@ -133,6 +138,15 @@ class SyncService:
             body = {"status": "error", "detail": type(exc).__name__}
             return Response(500, json.dumps(body).encode())
         return Response(200, b'{"status":"ok","store":"ok"}')
+
+
+def _store_problem(exc: StoreError) -> tuple[str, str]:
+    """A stable code and a detail safe to show callers, for a store that cannot be read."""
+    if isinstance(exc, StoreUnavailable):
+        return "store_unavailable", "the version store does not answer"
+    return "store_not_ready", (
+        'the version store\'s tables are missing or incomplete; run "reality migrate"'
+    )
 
 
 def error_response(

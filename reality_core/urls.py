@@ -23,8 +23,14 @@ ASYNC_DRIVERS: dict[Dialect, str] = {"postgresql": "asyncpg", "sqlite": "aiosqli
 KNOWN_DRIVERS: dict[Dialect, frozenset[str]] = {
     "postgresql": frozenset({"psycopg", "psycopg2", "asyncpg", "pg8000", "psycopg_async"}),
     "sqlite": frozenset({"pysqlite", "aiosqlite"}),
-    "mysql": frozenset({"pymysql", "mysqldb", "aiomysql", "asyncmy", "mysqlconnector"}),
+    "mysql": frozenset({"pymysql", "mysqldb", "aiomysql", "asyncmy", "mysqlconnector",
+                        "mariadbconnector"}),
 }
+#: Drivers SQLAlchemy drives through ``create_async_engine``; every other known one is
+#: synchronous. (``psycopg`` can do both; a plain ``postgresql+psycopg`` URL counts as
+#: synchronous, and ``postgresql+psycopg_async`` names its async side.)
+_ASYNC_ONLY: frozenset[str] = frozenset({"asyncpg", "psycopg_async", "aiosqlite", "aiomysql",
+                                         "asyncmy"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,8 +50,9 @@ class DatabaseURL:
     @classmethod
     def parse(cls, url: str) -> DatabaseURL:
         if not isinstance(url, str) or "://" not in url:
+            shown = redact(url) if isinstance(url, str) else url
             raise ConfigurationError(
-                f"not a database URL: {url!r}; expected e.g. postgresql://user@host/db, "
+                f"not a database URL: {shown!r}; expected e.g. postgresql://user@host/db, "
                 "sqlite:///path/to/file.db or mysql://user@host/db"
             )
         scheme, rest = url.split("://", 1)
@@ -53,23 +60,27 @@ class DatabaseURL:
         try:
             dialect = normalize_dialect(name)
         except ConfigurationError as exc:
-            raise ConfigurationError(f"{exc} (in URL {cls._redact(url)!r})") from None
+            raise ConfigurationError(f"{exc} (in URL {redact(url)!r})") from None
         if driver and driver not in KNOWN_DRIVERS[dialect]:
             raise ConfigurationError(
-                f"unknown {dialect} driver {driver!r} in {cls._redact(url)!r}; known: "
+                f"unknown {dialect} driver {driver!r} in {redact(url)!r}; known: "
                 + ", ".join(sorted(KNOWN_DRIVERS[dialect]))
             )
         if dialect == "sqlite":
             path, _, q = rest.partition("?")
+            if path and not path.startswith("/"):
+                raise ConfigurationError(
+                    f"an SQLite URL has no host: {redact(url)!r}; write sqlite:///relative.db, "
+                    "sqlite:////absolute/path.db or sqlite:// (in memory)"
+                )
             # sqlite:///rel.db -> "rel.db"; sqlite:////abs.db -> "/abs.db"; sqlite:// -> memory
-            database = path[1:] if path.startswith("/") else path
-            return cls(dialect, driver or None, database=database or None,
-                       query=tuple(parse_qsl(q)))
+            return cls(dialect, driver or None, database=path[1:] or None,
+                       query=_parse_query(q))
         parts = urlsplit(f"//{rest}")
         try:
             port = parts.port
         except ValueError as exc:
-            raise ConfigurationError(f"bad port in {cls._redact(url)!r}: {exc}") from None
+            raise ConfigurationError(f"bad port in {redact(url)!r}: {exc}") from None
         return cls(
             dialect,
             driver or None,
@@ -78,18 +89,9 @@ class DatabaseURL:
             host=parts.hostname,
             port=port,
             database=unquote(parts.path.lstrip("/")) or None,
-            query=tuple(parse_qsl(parts.query)),
+            query=_parse_query(parts.query),
             mariadb=name.lower() == "mariadb",
         )
-
-    @staticmethod
-    def _redact(url: str) -> str:
-        head, sep, tail = url.partition("@")
-        if not sep or "://" not in head:
-            return url
-        scheme, creds = head.split("://", 1)
-        user = creds.split(":", 1)[0]
-        return f"{scheme}://{user}:***@{tail}" if ":" in creds else url
 
     def with_driver(self, driver: str | None) -> DatabaseURL:
         if driver is not None and driver not in KNOWN_DRIVERS[self.dialect]:
@@ -106,8 +108,8 @@ class DatabaseURL:
         if self.dialect == "sqlite":
             return f"{scheme}:///{self.database or ''}{q}" if self.database else f"{scheme}://{q}"
         auth = ""
-        if self.username is not None:
-            auth = quote(self.username, safe="")
+        if self.username is not None or self.password is not None:
+            auth = quote(self.username or "", safe="")
             if self.password is not None:
                 auth += ":" + ("***" if hide_password else quote(self.password, safe=""))
             auth += "@"
@@ -122,7 +124,15 @@ class DatabaseURL:
         return self.render()
 
     def sqlalchemy(self, *, asynchronous: bool = False) -> str:
-        """The URL for SQLAlchemy's ``create_engine``/``create_async_engine``."""
+        """The URL for SQLAlchemy's ``create_engine`` (or ``create_async_engine`` with
+        ``asynchronous=True``), with the password in it.
+
+        A driver the URL names is kept when it fits (``postgresql+psycopg2`` stays psycopg2
+        for ``create_engine``); otherwise, or without one, the default driver of that side
+        is used: psycopg / pysqlite / PyMySQL, and asyncpg / aiosqlite / aiomysql.
+        """
+        if self.driver is not None and (self.driver in _ASYNC_ONLY) == asynchronous:
+            return self.render()
         drivers = ASYNC_DRIVERS if asynchronous else SYNC_DRIVERS
         return self.with_driver(drivers[self.dialect]).render()
 
@@ -144,11 +154,11 @@ class DatabaseURL:
         if self.dialect == "sqlite":
             import sqlite3
 
-            conn = sqlite3.connect(
+            return sqlite3.connect(
                 self.database or ":memory:", isolation_level=None, check_same_thread=False,
-                timeout=float(q.get("timeout", 5)),
+                timeout=self._number(q, "timeout", 5),
             )
-            return conn
+        connect_timeout = int(self._number(q, "connect_timeout", 5))
         if self.dialect == "postgresql":
             try:
                 import psycopg
@@ -156,18 +166,53 @@ class DatabaseURL:
                 raise ConfigurationError(
                     "reading PostgreSQL needs psycopg: pip install 'reality-sync[postgres]'"
                 ) from exc
-            conn = psycopg.connect(self.libpq(), autocommit=True,
-                                   connect_timeout=int(q.get("connect_timeout", 5)))
-            return conn
+            return psycopg.connect(self.libpq(), autocommit=True, connect_timeout=connect_timeout)
         try:
             import pymysql
         except ImportError as exc:
             raise ConfigurationError(
                 "reading MySQL/MariaDB needs PyMySQL: pip install 'reality-sync[mysql]'"
             ) from exc
-        conn = pymysql.connect(
+        return pymysql.connect(
             host=self.host or "localhost", port=self.port or 3306, user=self.username or "root",
             password=self.password or "", database=self.database, autocommit=True,
-            connect_timeout=int(q.get("connect_timeout", 5)), charset="utf8mb4",
+            connect_timeout=connect_timeout, charset="utf8mb4",
         )
-        return conn
+
+    def _number(self, query: dict[str, str], name: str, default: float) -> float:
+        raw = query.get(name)
+        if raw is None:
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            value = -1.0
+        if not value > 0:
+            raise ConfigurationError(
+                f"{name}={raw!r} in {self.render(hide_password=True)!r} must be a positive "
+                "number of seconds"
+            )
+        return value
+
+
+def _parse_query(query: str) -> tuple[tuple[str, str], ...]:
+    # Blank values are kept: "?sslmode=" means something different from no sslmode.
+    return tuple(parse_qsl(query, keep_blank_values=True))
+
+
+def redact(url: str) -> str:
+    """``url`` with the password replaced by ``***``, for error messages.
+
+    Works on strings that do not parse, too: everything between the first ``:`` after the
+    scheme and the *last* ``@`` goes, so a password holding a raw ``@`` or ``/`` cannot leak
+    (at worst the user name is hidden as well).
+    """
+    at = url.rfind("@")
+    if at < 0:
+        return url
+    start = url.find("://")
+    start = start + 3 if start >= 0 else 0
+    colon = url.find(":", start, at)
+    if colon < 0:
+        return url
+    return f"{url[: colon + 1]}***{url[at:]}"

@@ -127,7 +127,7 @@ async def _exit_by_failed_flush(h: Harness) -> None:
 
 
 async def _exit_by_failed_commit(h: Harness) -> None:
-    with pytest.raises(Exception):  # noqa: PT011 - drivers raise different classes
+    with pytest.raises(Exception):
         async with h.transaction():
             await h.insert_order(5, 5)
             await h.insert_note(1, order_id=123456)  # deferred FK: fails at COMMIT
