@@ -361,7 +361,8 @@ def write_bump(conn: Connection, keys: list[str], dialect: Any) -> None:
         cause = exc.__cause__
         # The bump ran outside SQLAlchemy's error handling, so tell the pool ourselves when
         # the connection is dead; otherwise the next checkout would get a closed connection.
-        if isinstance(cause, Exception) and conn.dialect.is_disconnect(cause, dbapi_conn, None):
+        dbapi_error = conn.dialect.loaded_dbapi.Error
+        if isinstance(cause, dbapi_error) and conn.dialect.is_disconnect(cause, dbapi_conn, None):
             conn.invalidate(cause)
         raise
 
