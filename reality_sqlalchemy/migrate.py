@@ -37,11 +37,18 @@ list your own directory too::
     path_separator = space
     version_locations = %(here)s/alembic/versions reality_sqlalchemy:migrations
 
+or, with alembic 1.16 or newer, in ``pyproject.toml`` (a list, so no separator to get wrong)::
+
+    [tool.alembic]
+    script_location = "%(here)s/alembic"
+    version_locations = ["%(here)s/alembic/versions", "reality_sqlalchemy:migrations"]
+
 ``reality_sqlalchemy:migrations`` is a ``package:path`` resource that alembic resolves inside
 the installed package. It exists only in an installed wheel: in a source checkout or an
-editable install use ``reality_sqlalchemy.migrations_path()`` (an absolute path) instead;
-alembic silently skips a location that does not exist, and then reports that it cannot
-find the ``reality`` branch.
+editable install of Reality use the absolute path ``reality_sqlalchemy.migrations_path()``
+returns. Alembic silently skips a location that does not exist; ``alembic upgrade
+reality@head`` then fails with "Can't locate revision identified by 'reality'" (or, in a
+project without revisions of its own, quietly does nothing).
 
 In ``env.py`` keep autogenerate away from our tables (DESIGN I10)::
 
@@ -96,7 +103,8 @@ __all__ = ["VERSION_TABLE", "downgrade", "upgrade"]
 VERSION_TABLE: Final = "reality_alembic_version"
 SCRIPT_LOCATION: Final = Path(__file__).resolve().parent / "_alembic"
 
-_DRIVER_PACKAGES: Final = {"postgresql": "postgres", "mysql": "mysql"}
+_EXTRAS: Final = {"postgresql": "sqlalchemy,postgres", "mysql": "sqlalchemy,mysql",
+                  "sqlite": "sqlalchemy"}
 
 
 def upgrade(database_url: str, revision: str = "reality@head") -> None:
@@ -177,10 +185,9 @@ def _engine(url: DatabaseURL) -> sa.Engine:
     try:
         return sa.create_engine(url.sqlalchemy(), poolclass=sa.NullPool)
     except ImportError as exc:
-        extra = _DRIVER_PACKAGES.get(url.dialect, "sqlalchemy")
         raise ConfigurationError(
             f"migrating {url.dialect} needs its driver ({exc}): "
-            f"pip install 'reality-sync[sqlalchemy,{extra}]'"
+            f"pip install 'reality-sync[{_EXTRAS[url.dialect]}]'"
         ) from exc
     except sa.exc.ArgumentError as exc:
         raise ConfigurationError(

@@ -28,8 +28,10 @@ def test_all_is_sorted_and_complete(name: str) -> None:
 
 
 def test_every_error_derives_from_reality_error_and_has_a_code() -> None:
-    classes = [c for c in vars(errors).values()
-               if inspect.isclass(c) and issubclass(c, Exception) and c.__module__ == errors.__name__]
+    classes = [
+        c for c in vars(errors).values()
+        if inspect.isclass(c) and issubclass(c, Exception) and c.__module__ == errors.__name__
+    ]
     assert len(classes) >= 8
     codes = set()
     for cls in classes:
