@@ -140,8 +140,8 @@ def bump_statements(
 ) -> list[tuple[str, Params]]:
     """The statements that bump ``keys`` (already sorted and unique) by one each.
 
-    The hash and timestamp are generated here and inlined as literals (hex and an integer),
-    so only the keys, which may hold user data, travel as parameters.
+    Everything travels as parameters, so the statement text depends only on the number of
+    keys and drivers can reuse prepared statements across transactions.
     """
     token = secrets.token_hex(8)
     now_ms = int(time.time() * 1000)
@@ -149,7 +149,8 @@ def bump_statements(
     for start in range(0, len(keys), BUMP_CHUNK):
         ph = Placeholders(paramstyle)
         rows = ", ".join(
-            f"({ph.next('k', k)}, 1, '{token}', {now_ms})" for k in keys[start : start + BUMP_CHUNK]
+            f"({ph.next('k', k)}, 1, {ph.next('h', token)}, {ph.next('t', now_ms)})"
+            for k in keys[start : start + BUMP_CHUNK]
         )
         head = f"INSERT INTO {VERSIONS_TABLE} (key_name, version, hash, updated_at) VALUES {rows} "
         if dialect == "mysql":
