@@ -32,7 +32,10 @@ Dialect = Literal["postgresql", "sqlite", "mysql"]
 DIALECTS: Final[tuple[Dialect, ...]] = ("postgresql", "sqlite", "mysql")
 VERSIONS_TABLE: Final = "reality_versions"
 META_TABLE: Final = "reality_meta"
-OWN_TABLES: Final = frozenset({VERSIONS_TABLE, META_TABLE})
+#: Where ``reality migrate`` records its alembic revisions (never a user's alembic_version).
+MIGRATE_VERSION_TABLE: Final = "reality_alembic_version"
+#: Reality's own tables: never tracked (I10), never proposed for a drop by autogenerate.
+OWN_TABLES: Final = frozenset({VERSIONS_TABLE, META_TABLE, MIGRATE_VERSION_TABLE})
 #: Keys per bump statement; larger transactions send several statements, still sorted.
 BUMP_CHUNK: Final = 500
 

@@ -28,9 +28,11 @@ class Tracked:
 
     declaration: Declaration
     table: sa.Table
-    #: column key -> mapped attribute key (empty for Core-only tables)
+    #: column key -> mapped attribute key, for the columns keys are made of
     attributes: tuple[tuple[str, str], ...] = ()
     explicit: bool = True
+    #: True for a mapped class's table: unit-of-work writes are seen by mapper events
+    mapped: bool = False
 
 
 class Registry:
@@ -166,14 +168,18 @@ def track(
             primary_key=[c.key for c in local.primary_key.columns], table_key=table,
             row_keys=rows, keys=keys, cascades_from=_cascades_from(local),
         )
+        # Only the columns keys are made of: reading history is the per-row cost of a flush.
+        needed = set(decl.primary_key) | decl.template_columns
         attrs: list[tuple[str, str]] = []
         for column in local.columns:
+            if column.key not in needed:
+                continue
             try:
                 prop = mapper.get_property_by_column(column)
             except sa.orm.exc.UnmappedColumnError:
                 continue
             attrs.append((column.key, prop.key))
-        registry.add(Tracked(decl, local, tuple(attrs)))
+        registry.add(Tracked(decl, local, tuple(attrs), mapped=True))
         # Old values of template columns are needed on update (I5): ask SQLAlchemy to load
         # them when the attribute is set, through its documented active_history flag.
         by_column = dict(attrs)

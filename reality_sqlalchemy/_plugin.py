@@ -128,7 +128,7 @@ def _mapper_listener(op: str) -> Any:
             if not isinstance(local, sa.Table):
                 continue
             tracked = registry.get(table_name(local))
-            if tracked is None or not tracked.attributes:
+            if tracked is None or not tracked.mapped:
                 continue
             new, old = _images(tracked, target, op)
             keys |= tracked.declaration.keys_for_row(new, old)
@@ -304,7 +304,7 @@ class _Plugin:
             if tracked is None:
                 return set()
             session = state.session() if state.session is not None else None
-            if tracked.attributes and session is not None and session.info.get(_FLUSHING):
+            if tracked.mapped and session is not None and session.info.get(_FLUSHING):
                 return set()  # unit of work: the mapper events saw this row precisely
             return _dml_keys(stmt, tracked, result)
         if isinstance(stmt, str):

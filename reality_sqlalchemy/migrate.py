@@ -93,6 +93,7 @@ from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 
 from reality_core.errors import ConfigurationError, StoreError, StoreUnavailable
+from reality_core.store import MIGRATE_VERSION_TABLE
 from reality_core.urls import DatabaseURL
 
 from .schema import migrations_path
@@ -100,7 +101,7 @@ from .schema import migrations_path
 __all__ = ["VERSION_TABLE", "downgrade", "upgrade"]
 
 #: Where ``reality migrate`` records the applied revision (never the user's ``alembic_version``).
-VERSION_TABLE: Final = "reality_alembic_version"
+VERSION_TABLE: Final = MIGRATE_VERSION_TABLE
 SCRIPT_LOCATION: Final = Path(__file__).resolve().parent / "_alembic"
 
 _EXTRAS: Final = {"postgresql": "sqlalchemy,postgres", "mysql": "sqlalchemy,mysql",

@@ -423,3 +423,15 @@ def test_i10_own_tables_are_never_tracked(db: Any) -> None:
 
 def test_models_metadata_untouched() -> None:
     assert "reality_versions" not in Base.metadata.tables
+
+
+def test_table_key_only_declaration_still_bumps(db: Any) -> None:
+    _, engine, reader = db
+    reality_sqlalchemy.registry.clear()
+    reality_sqlalchemy.track(Order, rows=False)  # no row keys, no templates
+    S = sessionmaker(engine)
+    reality_sqlalchemy.install(S)
+    seed(S, 1)
+    with S.begin() as s:
+        s.get_one(Order, 1).total = 3
+    assert versions(reader, T, row(1)) == {T: 2, row(1): 0}
