@@ -19,7 +19,7 @@ limitation).
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Final, Literal
 
 from .store import normalize_dialect
 
@@ -112,7 +112,7 @@ def _name_at(tokens: list[Token], i: int) -> tuple[str, int]:
     """Read ``name`` or ``schema.name`` at ``i``; return the table name and the next index."""
     parts: list[str] = []
     while True:
-        if i >= len(tokens) or tokens[i][0] not in ("word", "qident"):
+        if i >= len(tokens) or tokens[i][0] not in ("word", "qident") or not tokens[i][1]:
             raise _Unreadable
         kind, text = tokens[i]
         parts.append(text.lower() if kind == "word" else text)
@@ -164,13 +164,15 @@ def written_tables(sql: str, *, dialect: str | None = None) -> set[str] | None:
 def _scan(tokens: list[Token]) -> set[str] | None:
     found: set[str] = set()
     statement_start = True
-    privileges = False  # inside GRANT/REVOKE, INSERT and UPDATE are privilege names
+    # Inside GRANT/REVOKE, INSERT and UPDATE are privilege names; inside LOAD DATA (read
+    # whole at its first word), REPLACE is an option.
+    skip_statement = False
     try:
         for i, (kind, text) in enumerate(tokens):
             if kind == "punct":
                 statement_start = text == ";"
                 if statement_start:
-                    privileges = False
+                    skip_statement = False
                 continue
             if kind != "word":
                 statement_start = False
@@ -182,10 +184,10 @@ def _scan(tokens: list[Token]) -> set[str] | None:
             nxt = tokens[i + 1] if i + 1 < len(tokens) else ("", "")
             if at_start and word in _OPAQUE_STATEMENTS:
                 return None
+            if skip_statement or nxt == ("punct", "("):
+                continue  # see skip_statement, or a function such as replace(...)
             if word in ("GRANT", "REVOKE"):
-                privileges = True
-            if privileges or nxt == ("punct", "("):
-                continue  # a privilege, or a function such as replace(...): not a statement
+                skip_statement = True
             if (word == "INSERT" and prev not in _CLAUSE_PREDECESSORS) or (
                 word == "REPLACE" and prev not in _REPLACE_PREDECESSORS
             ):
@@ -199,6 +201,8 @@ def _scan(tokens: list[Token]) -> set[str] | None:
                 j = _skip_modifiers(tokens, i + 1)
                 if _upper(tokens, j) == "OR":  # SQLite UPDATE OR IGNORE / OR REPLACE ...
                     j += 2
+                if _upper(tokens, j) == "SET":
+                    return None  # UPDATE SET: a clause of some statement we do not know
                 name, j = _name_at(tokens, j)
                 found.add(name)
                 found |= _joined_tables(tokens, j)
@@ -239,6 +243,7 @@ def _scan(tokens: list[Token]) -> set[str] | None:
                 if _upper(tokens, j) == "TABLE":
                     j += 1
                 found.add(_name_at(tokens, j)[0])
+                skip_statement = True
     except _Unreadable:
         return None
     return found
@@ -284,3 +289,72 @@ def matches(written: str, table: str, schema: str | None = None) -> bool:
         return w_table in (table, table.lower()) and (schema is None or w_schema == schema
                                                        or w_schema == schema.lower())
     return written in (table, table.lower())
+
+
+#: What :func:`transaction_control` reports: the verb, and the savepoint's name if any.
+TransactionControl = tuple[
+    Literal["begin", "commit", "rollback", "savepoint", "release", "rollback_to"], str | None
+]
+_CONTROL_QUICK: Final = re.compile(
+    r"\A[\s;]*(?:(?:/\*.*?\*/|--[^\n]*)[\s;]*)*"
+    r"(?:begin|start|commit|end|rollback|abort|savepoint|release)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+_TXN_NOISE: Final = frozenset({"WORK", "TRANSACTION"})
+
+
+def transaction_control(sql: str) -> TransactionControl | None:
+    """Read ``sql`` as one transaction-control statement, or return ``None``.
+
+    Plugins that see savepoints and transactions only as SQL text (peewee's ``atomic()``
+    runs ``SAVEPOINT "s1"`` through ``execute_sql``) use this to keep the key buffer in step:
+    ``BEGIN``/``START TRANSACTION`` -> ``("begin", None)``; ``COMMIT``/``END`` ->
+    ``("commit", None)``; ``ROLLBACK``/``ABORT`` -> ``("rollback", None)``; ``SAVEPOINT s1``,
+    ``RELEASE [SAVEPOINT] s1`` and ``ROLLBACK [WORK] TO [SAVEPOINT] s1`` -> ``("savepoint",
+    "s1")``, ``("release", "s1")``, ``("rollback_to", "s1")``. A savepoint name is
+    lower-cased unless quoted. A string holding more than one statement, or a block that
+    merely starts with BEGIN (MariaDB's ``BEGIN NOT ATOMIC``), is not a control statement.
+    """
+    if not _CONTROL_QUICK.match(sql):
+        return None
+    tokens = _tokens(sql, _PATTERNS["postgresql"])
+    while tokens and tokens[-1] == ("punct", ";"):
+        tokens.pop()
+    while tokens and tokens[0] == ("punct", ";"):
+        tokens.pop(0)
+    if not tokens or ("punct", ";") in tokens or tokens[0][0] != "word":
+        return None
+    verb = tokens[0][1].upper()
+    rest = tokens[1:]
+    words = [text.upper() for kind, text in rest if kind == "word"]
+    if verb == "BEGIN" or (verb == "START" and words[:1] == ["TRANSACTION"]):
+        if words[:1] == ["NOT"] or any(kind != "word" and text != "," for kind, text in rest):
+            return None
+        return ("begin", None)
+    if verb in ("COMMIT", "END"):
+        return ("commit", None) if len(words) == len(rest) else None
+    if verb == "SAVEPOINT" or verb == "RELEASE":
+        if verb == "RELEASE" and words[:1] == ["SAVEPOINT"]:
+            rest = rest[1:]
+        name = _savepoint_name(rest)
+        if name is None:
+            return None
+        return ("savepoint" if verb == "SAVEPOINT" else "release", name)
+    if verb in ("ROLLBACK", "ABORT"):
+        if rest and rest[0][0] == "word" and rest[0][1].upper() in _TXN_NOISE:
+            rest = rest[1:]
+        if not rest or _upper(rest, 0) != "TO":
+            return ("rollback", None) if len(words) == len(rest) else None
+        rest = rest[1:]
+        if _upper(rest, 0) == "SAVEPOINT":
+            rest = rest[1:]
+        name = _savepoint_name(rest)
+        return None if name is None else ("rollback_to", name)
+    return None
+
+
+def _savepoint_name(tokens: list[Token]) -> str | None:
+    if len(tokens) != 1 or tokens[0][0] not in ("word", "qident"):
+        return None
+    kind, text = tokens[0]
+    return text.lower() if kind == "word" else text

@@ -8,6 +8,8 @@ conversions live here, once, and are tested per driver.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit
@@ -79,8 +81,13 @@ class DatabaseURL:
         parts = urlsplit(f"//{rest}")
         try:
             port = parts.port
-        except ValueError as exc:
-            raise ConfigurationError(f"bad port in {redact(url)!r}: {exc}") from None
+        except ValueError:
+            # Not urllib's message: with a raw "/" in the password, the "port" it quotes is
+            # a piece of the password.
+            raise ConfigurationError(
+                f"bad port in {redact(url)!r}: a port is a number from 0 to 65535 (quote "
+                "special characters in the user name and password, e.g. '/' as %2F)"
+            ) from None
         return cls(
             dialect,
             driver or None,
@@ -104,7 +111,10 @@ class DatabaseURL:
     def render(self, *, hide_password: bool = False) -> str:
         name = "mariadb" if self.mariadb else self.dialect
         scheme = f"{name}+{self.driver}" if self.driver else name
-        q = f"?{urlencode(self.query)}" if self.query else ""
+        query = self.query
+        if hide_password:
+            query = tuple((k, "***" if k == "password" else v) for k, v in query)
+        q = f"?{urlencode(query)}" if query else ""
         if self.dialect == "sqlite":
             return f"{scheme}:///{self.database or ''}{q}" if self.database else f"{scheme}://{q}"
         auth = ""
@@ -175,8 +185,9 @@ class DatabaseURL:
             ) from exc
         return pymysql.connect(
             host=self.host or "localhost", port=self.port or 3306, user=self.username or "root",
-            password=self.password or "", database=self.database, autocommit=True,
-            connect_timeout=connect_timeout, charset="utf8mb4",
+            # PyMySQL encodes a str password as latin-1; the server hashed the UTF-8 bytes.
+            password=(self.password or "").encode("utf-8"), database=self.database,
+            autocommit=True, connect_timeout=connect_timeout, charset="utf8mb4",
         )
 
     def _number(self, query: dict[str, str], name: str, default: float) -> float:
@@ -186,8 +197,8 @@ class DatabaseURL:
         try:
             value = float(raw)
         except ValueError:
-            value = -1.0
-        if not value > 0:
+            value = math.nan
+        if not (math.isfinite(value) and value > 0):
             raise ConfigurationError(
                 f"{name}={raw!r} in {self.render(hide_password=True)!r} must be a positive "
                 "number of seconds"
@@ -200,6 +211,9 @@ def _parse_query(query: str) -> tuple[tuple[str, str], ...]:
     return tuple(parse_qsl(query, keep_blank_values=True))
 
 
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
 def redact(url: str) -> str:
     """``url`` with the password replaced by ``***``, for error messages.
 
@@ -207,6 +221,7 @@ def redact(url: str) -> str:
     scheme and the *last* ``@`` goes, so a password holding a raw ``@`` or ``/`` cannot leak
     (at worst the user name is hidden as well).
     """
+    url = _QUERY_PASSWORD.sub(r"\1***", url)  # libpq also takes ?password=...
     at = url.rfind("@")
     if at < 0:
         return url
