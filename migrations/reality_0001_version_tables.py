@@ -38,7 +38,7 @@ def _key_type() -> sa.types.TypeEngine[str]:
         sa.String(256)
         .with_variant(postgresql.VARCHAR(256, collation="C"), "postgresql")
         .with_variant(
-            mysql.VARCHAR(256, charset="utf8mb4", collation="utf8mb4_bin"), "mysql", "mariadb"
+            mysql.VARBINARY(1024), "mysql", "mariadb"
         )
     )
 

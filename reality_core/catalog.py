@@ -91,13 +91,15 @@ class Catalog:
             return set()
         return decl.escalation_keys() | self.cascade_keys(table)
 
-    def raw_sql_keys(self, sql: str, policy: RawSQLPolicy) -> set[str]:
+    def raw_sql_keys(
+        self, sql: str, policy: RawSQLPolicy, dialect: str | None = None
+    ) -> set[str]:
         """Keys for a raw SQL string: every tracked table it writes escalates. A string
         whose writes cannot be attributed escalates every table (``conservative``) or
         raises :class:`UnsupportedStatementError` (``strict``)."""
         if not self._decls:
             return set()
-        written = written_tables(sql)
+        written = written_tables(sql, dialect=dialect)
         keys: set[str] = set()
         if written is None:
             if policy == "strict":

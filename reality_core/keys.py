@@ -63,6 +63,11 @@ def key_problem(key: object) -> str | None:
     for ch in key:
         if ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0:
             return f"a key must not contain control characters (found {ch!r})"
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            return "a key must be valid Unicode text (it holds a lone surrogate)"
     return None
 
 

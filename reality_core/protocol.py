@@ -68,10 +68,6 @@ def validate_known(known: object, limits: Limits) -> dict[str, int]:
         problem = key_problem(key)
         if problem is None and len(key) > limits.max_key_length:
             problem = f"a key is at most {limits.max_key_length} characters"
-        if problem is None and not _encodable(key):
-            # JSON can spell lone surrogates ("\ud800"); no database can store them, and
-            # the driver would fail the whole read (a 503) instead of refusing the key.
-            problem = "a key must be valid Unicode (no lone surrogates)"
         if problem is not None:
             raise ProtocolError(f"{problem}: {str(key)[:80]!r}", code="invalid_key")
         if isinstance(version, bool) or not isinstance(version, int):
@@ -127,16 +123,6 @@ def raise_too_large(limits: Limits) -> None:
         f"the body is larger than {limits.max_body_bytes} bytes", status=413,
         code="body_too_large",
     )
-
-
-def _encodable(key: str) -> bool:
-    if key.isascii():
-        return True
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _reject_constant(name: str) -> Any:

@@ -6,7 +6,7 @@ Two tables live in the application's own database::
     reality_meta(name, value)                                holds ("epoch", <uuid>)
 
 ``key_name`` compares bytewise on every dialect (``COLLATE "C"`` on PostgreSQL,
-``utf8mb4_bin`` on MySQL/MariaDB, SQLite's default BINARY): keys are case-sensitive, the
+UTF-8 bytes in a ``VARBINARY`` on MySQL/MariaDB, SQLite's default BINARY): keys are case-sensitive, the
 sorted bump order is the same in Python and in the database, and the escalation markers
 (``$esc:...``) are found with an index range scan.
 
@@ -62,7 +62,8 @@ def create_table_statements(dialect: Dialect) -> list[str]:
         key_type = 'VARCHAR(256) COLLATE "C"'
         suffix = ""
     elif dialect == "mysql":
-        key_type = "VARCHAR(256) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin"
+        # Bytes, not a _bin collation: utf8mb4_bin pads with spaces, so 'room ' = 'room'.
+        key_type = "VARBINARY(1024)"
         suffix = " ENGINE=InnoDB"
     else:
         key_type = "VARCHAR(256)"
@@ -250,7 +251,9 @@ def snapshot_from_rows(keys: Iterable[str], rows: Iterable[Sequence[Any]]) -> Sn
     own: dict[str, tuple[int, str, int]] = {}
     markers: list[tuple[str, int, str, int]] = []
     epoch = ""
-    for src, name, version, hash_, updated in rows:
+    for src, raw_name, version, hash_, updated in rows:
+        # MySQL/MariaDB keep keys as VARBINARY: decode them to compare with the request.
+        name = raw_name.decode() if isinstance(raw_name, bytes | bytearray) else raw_name
         if int(src) == 1:
             epoch = str(hash_)
         elif name.startswith(ESCALATION_PREFIX):

@@ -313,7 +313,7 @@ class _Plugin:
             sql = getattr(getattr(result, "context", None), "statement", None) or str(stmt)
         else:
             return set()
-        return registry.catalog.raw_sql_keys(sql, self.settings.raw_sql)
+        return registry.catalog.raw_sql_keys(sql, self.settings.raw_sql, state.dialect)
 
     def on_savepoint(self, conn: Connection, name: str | None) -> None:
         state = _state(conn)

@@ -17,8 +17,8 @@ metadata = sa.MetaData()
 KEY_TYPE = (
     sa.String(256)
     .with_variant(postgresql.VARCHAR(256, collation="C"), "postgresql")
-    .with_variant(mysql.VARCHAR(256, charset="utf8mb4", collation="utf8mb4_bin"),
-                  "mysql", "mariadb")
+    # UTF-8 bytes: every MySQL/MariaDB *_bin collation of VARCHAR ignores trailing spaces.
+    .with_variant(mysql.VARBINARY(1024), "mysql", "mariadb")
 )
 
 versions = sa.Table(

@@ -38,7 +38,7 @@ NewDatabase = Callable[[], str]
 # What the reflected key_name type must say, so the schema comparison cannot pass vacuously.
 KEY_TYPE = {
     "postgresql": "VARCHAR(length=256, collation='C')",
-    "mysql": "VARCHAR(charset='utf8mb4', collation='utf8mb4_bin', length=256)",
+    "mysql": "VARBINARY(length=1024)",
     "sqlite": "VARCHAR(length=256)",
 }
 
@@ -89,7 +89,11 @@ def _query(url: str, sql: str, params: dict[str, Any] | None = None) -> list[tup
     try:
         with engine.begin() as conn:
             result = conn.execute(sa.text(sql), params or {})
-            return [tuple(row) for row in result] if result.returns_rows else []
+            if not result.returns_rows:
+                return []
+            # MySQL/MariaDB return key_name (VARBINARY) as bytes.
+            return [tuple(v.decode() if isinstance(v, bytes) else v for v in row)
+                    for row in result]
     finally:
         engine.dispose()
 
