@@ -5,9 +5,9 @@ Two tables live in the application's own database::
     reality_versions(key_name, version, hash, updated_at)   one row per key ever bumped
     reality_meta(name, value)                                holds ("epoch", <uuid>)
 
-``key_name`` compares bytewise on every dialect (``COLLATE "C"`` on PostgreSQL,
-UTF-8 bytes in a ``VARBINARY`` on MySQL/MariaDB, SQLite's default BINARY): keys are case-sensitive, the
-sorted bump order is the same in Python and in the database, and the escalation markers
+``key_name`` compares bytewise on every dialect (``COLLATE "C"`` on PostgreSQL, UTF-8
+bytes in a ``VARBINARY`` on MySQL/MariaDB, SQLite's default BINARY): keys are case-sensitive,
+the sorted bump order is the same in Python and in the database, and the escalation markers
 (``$esc:...``) are found with an index range scan.
 
 A transaction's bump is a single multi-row upsert, rows in sorted key order, so writers that
