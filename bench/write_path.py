@@ -15,6 +15,13 @@ against the commits counted: a benchmark of a plugin that silently bumps nothing
     python bench/write_path.py --quick            # well under 2 minutes
     python bench/write_path.py                    # full form (defaults below)
     python bench/write_path.py --writers 1,8,32 --rounds 7 --duration 10
+    python bench/write_path.py --orms sqlalchemy,tortoise,tortoise-psycopg,tortoise-autocommit
+
+Tortoise ORM (``tortoise`` on asyncpg, ``tortoise-psycopg``): each writer thread's transaction
+(``in_transaction()`` + ``Model.create()``) runs as an asyncio task on one event loop; the
+baseline model sits on a connection with Tortoise's own engine, the tracked one on a Reality
+engine. ``tortoise-autocommit`` writes each row with a bare ``Model.create()``, as many apps do
+(the plugin then adds a transaction of its own around the row and its bump).
 
 Extending: add a row to ``SCENARIOS`` (its own ``key_prefix``) or an entry to ``ORMS``
 (a class following the ``Target`` protocol). The last line of output is one JSON object.
@@ -277,6 +284,75 @@ class _SqlAlchemyWriter:
         self.session.close()
 
 
+def check_versions(engine: Engine, scenario: Scenario, totals: Totals, tracked: str,
+                   baseline: str, key_prefix: str) -> list[str]:
+    """What the plugin's commits must have left in the version table (any ORM)."""
+    commits, rows = totals.commits["plugin"], totals.rows["plugin"]
+    prefix = f"{key_prefix}:"
+    row_prefix = f"{ROW_PREFIX}{tracked}:"
+    q = sa.text
+    lines: list[str] = []
+    failures: list[str] = []
+
+    def expect(ok: bool, text: str) -> None:
+        lines.append(f"{'ok  ' if ok else 'FAIL'} {text}")
+        if not ok:
+            failures.append(text)
+
+    with engine.connect() as conn:
+        def one(sql: str, **params: Any) -> Any:
+            return conn.execute(q(sql), params).one()
+
+        (n_tracked,) = one(f"SELECT count(*) FROM {tracked}")
+        expect(n_tracked == rows,
+               f"{tracked}: {n_tracked} rows, {rows} written in {commits} plugin commits")
+        table_version = conn.execute(
+            q(f"SELECT version FROM {VERSIONS_TABLE} WHERE key_name = :k"),
+            {"k": f"{TABLE_PREFIX}{tracked}"},
+        ).scalar()
+        if scenario.table_key:
+            expect(table_version == commits,
+                   f"{TABLE_PREFIX}{tracked} version {table_version} (expected {commits}, "
+                   "one per plugin commit)")
+        else:
+            expect(table_version is None, f"{TABLE_PREFIX}{tracked} never bumped "
+                   f"(table=False), found version {table_version}")
+        n_row_keys, max_row_version = one(
+            f"SELECT count(*), max(version) FROM {VERSIONS_TABLE} "
+            "WHERE starts_with(key_name, :p)", p=row_prefix)
+        if scenario.row_keys:
+            expect(n_row_keys == rows and (rows == 0 or max_row_version == 1),
+                   f"{n_row_keys} {row_prefix}<id> keys, each at version "
+                   f"{max_row_version} (expected {rows}, each at 1)")
+        else:
+            expect(n_row_keys == 0, f"{n_row_keys} {row_prefix}<id> keys (rows=False)")
+        n_room_keys, room_sum = one(
+            f"SELECT count(*), coalesce(sum(version), 0) FROM {VERSIONS_TABLE} "
+            "WHERE starts_with(key_name, :p)", p=prefix)
+        (room_mismatch,) = one(
+            f"SELECT count(*) FROM (SELECT room_id, count(*) AS n FROM {tracked} "
+            "GROUP BY room_id) o FULL JOIN (SELECT substr(key_name, :n)::bigint AS room_id, "
+            f"version FROM {VERSIONS_TABLE} WHERE starts_with(key_name, :p)) v "
+            "ON o.room_id = v.room_id WHERE o.n IS DISTINCT FROM v.version",
+            n=len(prefix) + 1, p=prefix)
+        expect(room_sum == rows and room_mismatch == 0,
+               f"{n_room_keys} {prefix}<room> keys, versions sum to {room_sum}; "
+               f"rooms whose version != their row count: {room_mismatch}")
+        (n_base,) = one(f"SELECT count(*) FROM {baseline}")
+        (base_keys,) = one(
+            f"SELECT count(*) FROM {VERSIONS_TABLE} WHERE strpos(key_name, :t) > 0",
+            t=baseline)
+        expect(n_base == totals.rows["baseline"] and base_keys == 0,
+               f"{baseline}: {n_base} rows from {totals.commits['baseline']} baseline "
+               f"commits, {base_keys} keys bumped for it (expected 0)")
+        (n_esc,) = one(f"SELECT count(*) FROM {VERSIONS_TABLE} "
+                       "WHERE starts_with(key_name, :p)", p=ESCALATION_PREFIX)
+        expect(n_esc == 0, f"{n_esc} escalation markers (plain inserts must not escalate)")
+    if failures:
+        raise SanityError("\n".join(lines))
+    return lines
+
+
 class SqlAlchemyTarget:
     """The SQLAlchemy 2.x plugin: ``install``/``uninstall`` on one sessionmaker."""
 
@@ -311,80 +387,162 @@ class SqlAlchemyTarget:
 
     def check(self, scenario: Scenario, totals: Totals) -> list[str]:
         models = self.models[scenario.name]
-        tracked: str = models["plugin"].__tablename__
-        baseline: str = models["baseline"].__tablename__
-        commits, rows = totals.commits["plugin"], totals.rows["plugin"]
-        prefix = f"{scenario.key_prefix}:"
-        row_prefix = f"{ROW_PREFIX}{tracked}:"
-        q = sa.text
-        lines: list[str] = []
-        failures: list[str] = []
-
-        def expect(ok: bool, text: str) -> None:
-            lines.append(f"{'ok  ' if ok else 'FAIL'} {text}")
-            if not ok:
-                failures.append(text)
-
-        with self.engine.connect() as conn:
-            def one(sql: str, **params: Any) -> Any:
-                return conn.execute(q(sql), params).one()
-
-            (n_tracked,) = one(f"SELECT count(*) FROM {tracked}")
-            expect(n_tracked == rows,
-                   f"{tracked}: {n_tracked} rows, {rows} written in {commits} plugin commits")
-            table_version = conn.execute(
-                q(f"SELECT version FROM {VERSIONS_TABLE} WHERE key_name = :k"),
-                {"k": f"{TABLE_PREFIX}{tracked}"},
-            ).scalar()
-            if scenario.table_key:
-                expect(table_version == commits,
-                       f"{TABLE_PREFIX}{tracked} version {table_version} (expected {commits}, "
-                       "one per plugin commit)")
-            else:
-                expect(table_version is None, f"{TABLE_PREFIX}{tracked} never bumped "
-                       f"(table=False), found version {table_version}")
-            n_row_keys, max_row_version = one(
-                f"SELECT count(*), max(version) FROM {VERSIONS_TABLE} "
-                "WHERE starts_with(key_name, :p)", p=row_prefix)
-            if scenario.row_keys:
-                expect(n_row_keys == rows and (rows == 0 or max_row_version == 1),
-                       f"{n_row_keys} {row_prefix}<id> keys, each at version "
-                       f"{max_row_version} (expected {rows}, each at 1)")
-            else:
-                expect(n_row_keys == 0, f"{n_row_keys} {row_prefix}<id> keys (rows=False)")
-            n_room_keys, room_sum = one(
-                f"SELECT count(*), coalesce(sum(version), 0) FROM {VERSIONS_TABLE} "
-                "WHERE starts_with(key_name, :p)", p=prefix)
-            (room_mismatch,) = one(
-                f"SELECT count(*) FROM (SELECT room_id, count(*) AS n FROM {tracked} "
-                "GROUP BY room_id) o FULL JOIN (SELECT substr(key_name, :n)::bigint AS room_id, "
-                f"version FROM {VERSIONS_TABLE} WHERE starts_with(key_name, :p)) v "
-                "ON o.room_id = v.room_id WHERE o.n IS DISTINCT FROM v.version",
-                n=len(prefix) + 1, p=prefix)
-            expect(room_sum == rows and room_mismatch == 0,
-                   f"{n_room_keys} {prefix}<room> keys, versions sum to {room_sum}; "
-                   f"rooms whose version != their row count: {room_mismatch}")
-            (n_base,) = one(f"SELECT count(*) FROM {baseline}")
-            (base_keys,) = one(
-                f"SELECT count(*) FROM {VERSIONS_TABLE} WHERE strpos(key_name, :t) > 0",
-                t=baseline)
-            expect(n_base == totals.rows["baseline"] and base_keys == 0,
-                   f"{baseline}: {n_base} rows from {totals.commits['baseline']} baseline "
-                   f"commits, {base_keys} keys bumped for it (expected 0)")
-            (n_esc,) = one(f"SELECT count(*) FROM {VERSIONS_TABLE} "
-                           "WHERE starts_with(key_name, :p)", p=ESCALATION_PREFIX)
-            expect(n_esc == 0, f"{n_esc} escalation markers (plain inserts must not escalate)")
-        if failures:
-            raise SanityError("\n".join(lines))
-        return lines
+        return check_versions(self.engine, scenario, totals, models["plugin"].__tablename__,
+                              models["baseline"].__tablename__, scenario.key_prefix)
 
     def close(self) -> None:
         reality.uninstall(self.sessions)
         self.engine.dispose()
 
 
+# --- Tortoise ORM ---------------------------------------------------------------------------
+
+class _TortoiseLoop:
+    """Tortoise on an event loop of its own, in one thread. Each writer thread's transaction
+    runs there as an asyncio task (all concurrently, as in an async web app; the context is
+    global, as ``register_tortoise`` makes it for FastAPI). The hand-off from a writer thread
+    to the loop costs both variants the same."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        import asyncio
+
+        self._asyncio = asyncio
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="tortoise-loop",
+                                        daemon=True)
+        self._thread.start()
+        self.call(self._init(config))
+
+    async def _init(self, config: dict[str, Any]) -> None:
+        from tortoise import Tortoise
+
+        self.context = await Tortoise.init(config=config, _enable_global_fallback=True)
+        await self.context.generate_schemas()  # Reality's tables too, on its connection
+
+    def call(self, coro: Any) -> Any:
+        return self._asyncio.run_coroutine_threadsafe(coro, self.loop).result()
+
+    def close(self) -> None:
+        self.call(self.context.close_connections())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()
+        self.loop.close()
+
+
+class _TortoiseWriter:
+    def __init__(self, target: TortoiseTarget, model: Any, connection: str, scenario: Scenario,
+                 rng: random.Random) -> None:
+        self.target = target
+        self.model = model
+        self.connection = connection
+        self.scenario = scenario
+        self.rng = rng
+
+    async def _write(self) -> int:
+        from tortoise.transactions import in_transaction
+
+        rng, scenario, n = self.rng, self.scenario, self.scenario.rows_per_commit
+        rows = [{"room_id": scenario.pick_room(rng), "customer_id": rng.randrange(1, 100_000),
+                 "amount_cents": rng.randrange(100, 100_000), "note": "bench order"}
+                for _ in range(n)]
+        if self.target.autocommit and n == 1:
+            await self.model.create(**rows[0])  # no transaction of the app's own
+            return n
+        async with in_transaction(self.connection):
+            for values in rows:
+                await self.model.create(**values)
+        return n
+
+    def transaction(self) -> int:
+        written: int = self.target.tortoise.call(self._write())
+        return written
+
+    def close(self) -> None:
+        pass
+
+
+class TortoiseTarget:
+    """The Tortoise ORM plugin: the tracked model on a connection whose engine
+    ``reality_tortoise.install`` chose, the baseline model on the same database through
+    Tortoise's own engine (an application without Reality). ``driver`` is asyncpg or psycopg;
+    ``autocommit`` writes each single row with a bare ``Model.create()`` (the plugin then wraps
+    it in a transaction of its own, with its bump) instead of ``in_transaction()``."""
+
+    def __init__(self, url: URL, scenarios: Sequence[Scenario], pool_size: int, *,
+                 driver: str = "asyncpg", autocommit: bool = False) -> None:
+        import types
+
+        from tortoise import fields
+        from tortoise.models import Model
+
+        import reality_tortoise
+
+        self.orm = "tortoise" + (f"-{driver}" if driver != "asyncpg" else "") + (
+            "-autocommit" if autocommit else "")
+        self.autocommit = autocommit
+        self.tag = self.orm.replace("-", "_")
+        self.engine: Engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        self.models: dict[str, dict[Variant, Any]] = {}
+        # Tortoise finds models by module name: two modules made here for the purpose.
+        modules = {v: types.ModuleType(f"_bench_{self.tag}_{v}") for v in VARIANTS}
+        sys.modules.update({m.__name__: m for m in modules.values()})
+        for sc in scenarios:
+            for variant in VARIANTS:
+                meta: dict[str, Any] = {"table": f"bench_{self.tag}_{sc.slug}_{variant}"}
+                if variant == "plugin":
+                    meta["reality"] = reality_tortoise.Track(
+                        table=sc.table_key, rows=sc.row_keys,
+                        keys=[f"{self.key_prefix(sc)}:{{room_id}}"])
+                model = type(f"{variant.title()}Order_{sc.slug}", (Model,), {
+                    "__module__": modules[variant].__name__,
+                    "id": fields.BigIntField(primary_key=True),
+                    "room_id": fields.IntField(db_index=True),
+                    "customer_id": fields.IntField(),
+                    "amount_cents": fields.IntField(),
+                    "note": fields.CharField(max_length=64),
+                    "Meta": type("Meta", (), meta),
+                })
+                setattr(modules[variant], model.__name__, model)
+                self.models.setdefault(sc.name, {})[variant] = model
+        plain = reality_tortoise.connection_config(
+            str(url.set(drivername=f"postgresql+{driver}").render_as_string(hide_password=False)))
+        plain["credentials"].update(minsize=1, maxsize=pool_size)
+        config = {
+            "connections": {"plain": reality_tortoise.uninstall(
+                                {"connections": {"plain": plain}})["connections"]["plain"],
+                            "reality": plain},
+            "apps": {v: {"models": [modules[v].__name__],
+                         "default_connection": "reality" if v == "plugin" else "plain"}
+                     for v in VARIANTS},
+        }
+        self.connections: dict[Variant, str] = {"baseline": "plain", "plugin": "reality"}
+        self.tortoise = _TortoiseLoop(config)
+
+    def key_prefix(self, scenario: Scenario) -> str:
+        return f"{scenario.key_prefix}-{self.tag}"
+
+    def activate(self, variant: Variant) -> None:
+        pass  # both variants are always there: two connections, one with the plugin
+
+    def writer(self, scenario: Scenario, variant: Variant, rng: random.Random) -> Writer:
+        return _TortoiseWriter(self, self.models[scenario.name][variant],
+                               self.connections[variant], scenario, rng)
+
+    def check(self, scenario: Scenario, totals: Totals) -> list[str]:
+        models = self.models[scenario.name]
+        return check_versions(self.engine, scenario, totals, models["plugin"]._meta.db_table,
+                              models["baseline"]._meta.db_table, self.key_prefix(scenario))
+
+    def close(self) -> None:
+        self.tortoise.close()
+        self.engine.dispose()
+
+
 ORMS: Final[dict[str, Callable[[URL, Sequence[Scenario], int], Target]]] = {
     "sqlalchemy": SqlAlchemyTarget,
+    "tortoise": TortoiseTarget,
+    "tortoise-psycopg": lambda url, sc, pool: TortoiseTarget(url, sc, pool, driver="psycopg"),
+    "tortoise-autocommit": lambda url, sc, pool: TortoiseTarget(url, sc, pool, autocommit=True),
 }
 
 

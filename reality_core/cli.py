@@ -4,7 +4,7 @@
 
     reality serve   --database-url URL [--host H] [--port P] [--base /reality] [--workers N]
     reality migrate --database-url URL [--revision reality@head] [--downgrade REVISION]
-    reality demo    [--port P] [--database-url URL] [--orm sqlalchemy]
+    reality demo    [--port P] [--database-url URL] [--orm sqlalchemy|tortoise]
 
 ``serve`` answers ``POST {base}/sync`` and ``GET {base}/health`` for an existing database
 (the standalone-server mode). ``migrate`` creates or upgrades the metadata tables through
@@ -67,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=_port, default=8000)
     demo.add_argument("--database-url", type=_url, default=None,
                       help="default: an SQLite file in the current directory")
-    demo.add_argument("--orm", choices=["sqlalchemy"], default="sqlalchemy")
+    demo.add_argument("--orm", choices=["sqlalchemy", "tortoise"], default="sqlalchemy")
     return parser
 
 

@@ -43,7 +43,10 @@ from reality_core.urls import DatabaseURL
 from .backend import Backend
 
 #: ``--orm`` name -> "module:class" of its backend, imported only when chosen.
-BACKENDS: Final = {"sqlalchemy": "reality_core.demo.sqlalchemy_backend:SQLAlchemyBackend"}
+BACKENDS: Final = {
+    "sqlalchemy": "reality_core.demo.sqlalchemy_backend:SQLAlchemyBackend",
+    "tortoise": "reality_core.demo.tortoise_backend:TortoiseBackend",
+}
 ORMS: Final = tuple(BACKENDS)
 DEFAULT_DATABASE_FILE: Final = "reality-demo.db"
 

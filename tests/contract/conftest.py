@@ -24,6 +24,10 @@ FACTORIES: dict[str, tuple[str, tuple[str, ...]]] = {
                    ("postgresql", "sqlite", "mysql")),
     "sqlalchemy_async": ("tests.contract.sqlalchemy_harness:sqlalchemy_async_harness",
                          ("postgresql+asyncpg", "sqlite+aiosqlite")),
+    "peewee": ("tests.contract.peewee_harness:peewee_harness",
+               ("postgresql", "sqlite", "mysql")),
+    "tortoise": ("tests.contract.tortoise_harness:tortoise_harness",
+                 ("postgresql+asyncpg", "postgresql+psycopg", "sqlite")),
 }
 
 _URL_FIXTURE = {"postgresql": "pg_url", "sqlite": "sqlite_url", "mysql": "mysql_url"}

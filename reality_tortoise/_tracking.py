@@ -1,0 +1,430 @@
+"""The client, transaction-wrapper and executor mixins that turn Tortoise writes into bumps.
+
+Tortoise has no commit hook, and its signals fire only for ``save()``/``delete()`` (DESIGN
+§5). Everything a Tortoise app writes does pass through its *client* (the class a
+connection's ``engine`` names in the config) and through the client's *executor* (the
+client's documented ``executor_class``), so the plugin is a set of subclasses there:
+
+* :class:`RealityClient` (the connection's client) and :class:`RealityTransaction` (the
+  wrapper ``in_transaction()`` hands out) see every SQL string: ``execute_query``,
+  ``execute_insert``, ``execute_many``, ``execute_script`` and ``execute_query_dict``.
+  :class:`~reality_tortoise._declarations.TortoiseCatalog` turns each into keys.
+* :class:`RealityExecutor` sees ``save()``/``create()``/``delete()`` with the model instance,
+  so those writes get exact keys, with the row's old values read under ``SELECT ... FOR
+  UPDATE`` in the same transaction (I5) when templates depend on them.
+* :class:`RealityTransaction` sees BEGIN, SAVEPOINT, RELEASE, ROLLBACK TO, ROLLBACK and
+  COMMIT, and keeps one :class:`~reality_core.buffer.KeyBuffer` per database transaction
+  (on the outermost wrapper). Nested ``in_transaction()`` blocks hand statements the
+  *outer* wrapper (Tortoise does not re-point the context for them), so frames are kept
+  per connection, not per wrapper: a statement lands in the frame of the innermost open
+  savepoint of its connection, which is exactly what the database rolls back with it.
+
+Where the plugin overrides a private method (``_in_transaction``, so that Tortoise builds
+*our* wrapper class; ``acquire_connection`` of a wrapper, to notice a transaction that ended
+while a statement waited for it), there is no public hook that does the job; each such
+override calls the original and adds only the tracking.
+
+A write outside any transaction runs in a transaction of its own with its bump (the data
+and its bump commit together, or neither does). A task spawned inside ``in_transaction()``
+inherits the transaction through its context; its statements belong to that transaction
+while it is open, and once it has ended they run as writes outside any transaction: they
+are never attributed to it, nor to whatever transaction the pooled connection serves next.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar, cast
+
+from tortoise.backends.base.client import (
+    BaseDBAsyncClient,
+    ConnectionWrapper,
+    NestedTransactionContext,
+    TransactionalDBClient,
+    TransactionContext,
+)
+from tortoise.backends.base.executor import BaseExecutor
+from tortoise.queryset import QuerySet
+
+from reality_core.buffer import KeyBuffer
+from reality_core.catalog import RawSQLPolicy, check_raw_sql_policy
+from reality_core.store import Dialect, bump_failed, bump_statements
+
+from ._declarations import TortoiseCatalog, TrackedTable, generation
+from ._sql import Paramstyle
+
+if TYPE_CHECKING:
+    from tortoise.apps import Apps
+    from tortoise.models import Model
+
+#: Set while a statement whose keys are already counted runs, so that the same statement
+#: reaching another interception layer (psycopg's execute_insert calls execute_query) is
+#: not counted twice, and so that save()/delete() statements keep their exact keys.
+_COUNTED: contextvars.ContextVar[bool] = contextvars.ContextVar("reality_counted", default=False)
+
+
+@contextlib.contextmanager
+def _counted(value: bool = True) -> Iterator[None]:
+    token = _COUNTED.set(value)
+    try:
+        yield
+    finally:
+        _COUNTED.reset(token)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Per-connection settings, given to :func:`~reality_tortoise.install`.
+
+    ``raw_sql``: what to do with raw SQL that changes data in a way the parser cannot
+    attribute to tables (``DO`` blocks, ``CALL``...): ``"conservative"`` bumps every tracked
+    table's keys, ``"strict"`` raises :class:`~reality_core.errors.UnsupportedStatementError`,
+    failing the transaction. Neither skips silently.
+    """
+
+    raw_sql: RawSQLPolicy = "conservative"
+
+    def __post_init__(self) -> None:
+        check_raw_sql_policy(self.raw_sql)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"raw_sql": self.raw_sql}
+
+
+class _TransactionEnded(Exception):
+    """A wrapper's transaction ended while a statement waited for its connection."""
+
+
+class _GuardedConnection(ConnectionWrapper[Any]):
+    __slots__ = ()
+
+    async def __aenter__(self) -> Any:
+        connection = await super().__aenter__()
+        client = cast(RealityTransaction, self.client)
+        if client._reality_root._reality_done:
+            self._lock.release()
+            raise _TransactionEnded
+        return connection
+
+
+class _Statements(BaseDBAsyncClient):
+    """Intercepts every statement method; what happens to the keys is the subclass's."""
+
+    #: set by each backend
+    reality_dialect: ClassVar[Dialect]
+    reality_paramstyle: ClassVar[Paramstyle]
+
+    async def _reality_statement(self, name: str, sql: str, params: Any, many: bool,
+                                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    async def _reality_dispatch(self, name: str, sql: str, params: Any, many: bool,
+                                args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if _COUNTED.get():
+            return await getattr(super(), name)(*args, **kwargs)
+        return await self._reality_statement(name, sql, params, many, args, kwargs)
+
+    async def _reality_upper(self, name: str, args: tuple[Any, ...],
+                             kwargs: dict[str, Any]) -> Any:
+        return await getattr(super(), name)(*args, **kwargs)
+
+    async def execute_insert(self, query: str, values: list[Any]) -> Any:
+        return await self._reality_dispatch("execute_insert", query, values, False,
+                                            (query, values), {})
+
+    async def execute_query(self, query: str, values: list[Any] | None = None,
+                            *args: Any, **kwargs: Any) -> Any:
+        return await self._reality_dispatch("execute_query", query, values, False,
+                                            (query, values, *args), kwargs)
+
+    async def execute_query_dict(self, query: str, values: list[Any] | None = None) -> Any:
+        return await self._reality_dispatch("execute_query_dict", query, values, False,
+                                            (query, values), {})
+
+    async def execute_many(self, query: str, values: list[list[Any]]) -> None:
+        await self._reality_dispatch("execute_many", query, values, True, (query, values), {})
+
+    async def execute_script(self, query: str) -> None:
+        await self._reality_dispatch("execute_script", query, None, False, (query,), {})
+
+    def _reality_client(self) -> RealityClient:
+        raise NotImplementedError
+
+    def _reality_keys(self, sql: str, params: Any, many: bool) -> set[str]:
+        client = self._reality_client()
+        return client._reality_catalog().statement_keys(
+            sql, params, many=many, dialect=self.reality_dialect,
+            paramstyle=self.reality_paramstyle, policy=client.reality_settings.raw_sql)
+
+
+class RealityClient(_Statements):
+    """Mixin for a connection's client class (the one its ``engine`` names). Each backend
+    overrides ``_in_transaction`` so that Tortoise's transaction context holds *our*
+    wrapper class (Tortoise names its own class there; there is no hook for it)."""
+
+    reality_settings: Settings
+
+    def __init__(self, *args: Any, reality: dict[str, Any] | None = None,
+                 **kwargs: Any) -> None:
+        self.reality_settings = Settings(**(reality or {}))
+        self._reality_cache: tuple[Apps, int, TortoiseCatalog] | None = None
+        super().__init__(*args, **kwargs)
+
+    def _reality_client(self) -> RealityClient:
+        return self
+
+    def _reality_catalog(self) -> TortoiseCatalog:
+        from tortoise import Tortoise
+
+        apps, current = Tortoise.apps, generation()
+        cache = self._reality_cache
+        if cache is not None and cache[0] is apps and cache[1] == current:
+            return cache[2]
+        catalog = TortoiseCatalog(apps.get_models_iterable() if apps is not None else ())
+        if apps is not None:  # before Tortoise.init has loaded the apps: do not remember
+            self._reality_cache = (apps, current, catalog)
+        return catalog
+
+    async def _reality_statement(self, name: str, sql: str, params: Any, many: bool,
+                                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        keys = self._reality_keys(sql, params, many)
+        if not keys:
+            return await self._reality_upper(name, args, kwargs)
+        # Outside any transaction: the statement and its bump get one of their own, so the
+        # bump is never visible without the data, nor the data without the bump.
+        async with self._in_transaction() as tx:
+            wrapper = cast(RealityTransaction, tx)
+            wrapper._reality_add(keys)
+            with _counted():
+                return await getattr(wrapper, name)(*args, **kwargs)
+
+
+class RealityTransaction(_Statements, TransactionalDBClient):
+    """Mixin for the transaction wrapper: the key buffer, savepoints and the bump."""
+
+    _lock: Any
+
+    def __init__(self, connection: BaseDBAsyncClient) -> None:
+        # Tortoise's wrapper classes take the client (or wrapper) they wrap.
+        super().__init__(connection)  # type: ignore[arg-type]
+        parent = connection
+        if isinstance(parent, RealityTransaction):
+            self._reality_root: RealityTransaction = parent._reality_root
+        else:
+            self._reality_root = self
+            self._reality_buffer = KeyBuffer()
+            self._reality_done = False
+            self._reality_base = cast(RealityClient, parent)
+
+    def _reality_client(self) -> RealityClient:
+        return self._reality_root._reality_base
+
+    @property
+    def _reality_nested(self) -> bool:
+        return self._reality_root is not self
+
+    def _reality_add(self, keys: set[str] | Sequence[str]) -> None:
+        self._reality_root._reality_buffer.add(keys)
+
+    def _in_transaction(self) -> TransactionContext:
+        # Tortoise wraps a nested block in a new wrapper of its own class: make it ours.
+        return NestedTransactionContext(type(self)(self))
+
+    def acquire_connection(self) -> ConnectionWrapper[Any]:
+        return _GuardedConnection(self._lock, self)
+
+    async def _reality_statement(self, name: str, sql: str, params: Any, many: bool,
+                                 args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        root = self._reality_root
+        if not root._reality_done:
+            keys = self._reality_keys(sql, params, many)
+            # Counted before it runs: a statement cut short (cancelled mid-flight) may still
+            # have written; over-invalidating its keys is allowed, losing them is not.
+            root._reality_buffer.add(keys)
+            try:
+                with _counted():
+                    return await self._reality_upper(name, args, kwargs)
+            except _TransactionEnded:
+                pass
+        # The transaction has ended (a task spawned inside it outlived it): this statement
+        # is a write outside any transaction, on the client, never in the ended one.
+        with _counted(False):
+            return await getattr(root._reality_base, name)(*args, **kwargs)
+
+    # --- transaction boundaries ----------------------------------------------------
+
+    async def _wrapped(self, name: str) -> None:
+        """The same method of the Tortoise wrapper this mixin is combined with."""
+        await getattr(super(), name)()
+
+    async def savepoint(self) -> None:
+        await self._wrapped("savepoint")
+        self._reality_root._reality_buffer.savepoint()
+
+    async def release_savepoint(self) -> None:
+        try:
+            await self._wrapped("release_savepoint")
+        finally:
+            # Even a failed RELEASE keeps the keys: over-invalidating is allowed.
+            self._reality_root._reality_buffer.release()
+
+    async def savepoint_rollback(self) -> None:
+        buffer = self._reality_root._reality_buffer
+        try:
+            await self._wrapped("savepoint_rollback")
+        except BaseException:
+            buffer.release()  # unsure what was undone: keep the keys
+            raise
+        buffer.rollback_savepoint()
+
+    async def commit(self) -> None:
+        if self._reality_nested:  # a savepoint release on backends that map it to commit()
+            await self._wrapped("commit")
+            return
+        # The statement lock: a statement in flight on this transaction (from a task it
+        # spawned) finishes, and its keys are in the buffer, before the bump is written.
+        async with self._lock:
+            try:
+                keys = self._reality_buffer.drain()
+                if keys:
+                    await self._reality_bump(keys)
+                await self._wrapped("commit")
+            except BaseException:
+                await self._reality_after_failed_commit()
+                raise
+            finally:
+                self._reality_done = True
+                self._reality_buffer.clear()
+
+    async def rollback(self) -> None:
+        if self._reality_nested:
+            await self._wrapped("rollback")
+            return
+        async with self._lock:
+            try:
+                await self._wrapped("rollback")
+            finally:
+                self._reality_done = True
+                self._reality_buffer.clear()
+
+    async def _reality_bump(self, keys: list[str]) -> None:
+        try:
+            for sql, params in bump_statements(self.reality_dialect, keys,
+                                               self.reality_paramstyle):
+                await self._reality_run(sql, cast(Sequence[Any], params))
+        except Exception as exc:
+            with contextlib.suppress(Exception):
+                await self._wrapped("rollback")
+            raise bump_failed(exc, len(keys)) from exc
+
+    async def _reality_run(self, sql: str, params: Sequence[Any]) -> None:
+        """Run one statement on this transaction's own driver connection."""
+        raise NotImplementedError
+
+    async def _reality_after_failed_commit(self) -> None:
+        """Leave no transaction open after a failed COMMIT (backends where one stays)."""
+
+
+# --- executors: save() / create() / delete() ----------------------------------------------
+
+
+def _tracked(executor: BaseExecutor) -> tuple[TortoiseCatalog, TrackedTable] | None:
+    db = executor.db
+    if not isinstance(db, _Statements):
+        return None
+    catalog = db._reality_client()._reality_catalog()
+    tracked = catalog.models.get(executor.model)
+    return None if tracked is None else (catalog, tracked)
+
+
+@contextlib.asynccontextmanager
+async def _transaction(db: BaseDBAsyncClient) -> AsyncIterator[RealityTransaction]:
+    """The open transaction ``db`` writes in, or a new one of its own when it has none."""
+    if isinstance(db, RealityTransaction) and not db._reality_root._reality_done:
+        yield db
+        return
+    client = db._reality_client() if isinstance(db, _Statements) else None
+    if client is None:  # pragma: no cover - our executors only run on our clients
+        raise TypeError(f"not a Reality client: {db!r}")
+    async with client._in_transaction() as tx:
+        yield cast(RealityTransaction, tx)
+
+
+async def _old_image(tx: RealityTransaction, tracked: TrackedTable,
+                     instance: Model) -> dict[str, Any] | None:
+    """The row as the database holds it now, locked until the transaction ends (so no
+    other writer can move it between this read and the write)."""
+    model = tracked.model
+    assert model is not None
+    pk = model._meta.pk_attr
+    if not tracked.needs_old_values:
+        return {pk: instance.pk}
+    names = sorted(tracked.declaration.template_columns | {pk})
+    # A plain QuerySet: a custom manager's default filters must not hide the row.
+    query = QuerySet(model).using_db(tx).filter(pk=instance.pk).select_for_update()
+    rows = await query.values(*names)
+    if not rows:
+        return None
+    return tracked.from_values(rows[0])
+
+
+class RealityExecutor(BaseExecutor):
+    """Mixin for the backend's executor: exact keys for ``save()`` and ``delete()``."""
+
+    def _on(self, tx: RealityTransaction) -> RealityExecutor:
+        return self if tx is self.db else type(self)(model=self.model, db=tx)
+
+    async def execute_insert(self, instance: Model) -> None:
+        found = _tracked(self)
+        if found is None:
+            await super().execute_insert(instance)
+            return
+        catalog, tracked = found
+        async with _transaction(self.db) as tx:
+            try:
+                with _counted():
+                    await super(RealityExecutor, self._on(tx)).execute_insert(instance)
+            finally:
+                # After the INSERT the generated primary key is known; if it failed, the
+                # unknown key escalates (a failed statement wrote nothing, but a cancelled
+                # one may have).
+                tx._reality_add(catalog.row_keys(tracked, tracked.from_instance(instance), None))
+
+    async def execute_update(self, instance: type[Model] | Model,
+                             update_fields: Iterable[str] | None) -> int:
+        found = _tracked(self)
+        if found is None:
+            return await super().execute_update(instance, update_fields)
+        catalog, tracked = found
+        model_instance = cast("Model", instance)
+        async with _transaction(self.db) as tx:
+            old = await _old_image(tx, tracked, model_instance)
+            if update_fields is None:
+                new = tracked.from_instance(model_instance)
+            else:
+                new = dict(old or {})
+                new.update(tracked.from_instance(
+                    model_instance, [*update_fields, tracked.model._meta.pk_attr]  # type: ignore[union-attr]
+                ))
+            tx._reality_add(catalog.row_keys(tracked, new, old))
+            with _counted():
+                return await super(RealityExecutor, self._on(tx)).execute_update(
+                    instance, update_fields)
+
+    async def execute_delete(self, instance: type[Model] | Model) -> int:
+        found = _tracked(self)
+        if found is None:
+            return await super().execute_delete(instance)
+        catalog, tracked = found
+        model_instance = cast("Model", instance)
+        async with _transaction(self.db) as tx:
+            old = await _old_image(tx, tracked, model_instance)
+            if old is None:
+                old = {tracked.model._meta.pk_attr: model_instance.pk}  # type: ignore[union-attr]
+            tx._reality_add(catalog.row_keys(tracked, None, old, delete=True))
+            with _counted():
+                return await super(RealityExecutor, self._on(tx)).execute_delete(instance)
+

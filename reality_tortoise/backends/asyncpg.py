@@ -1,0 +1,44 @@
+"""``reality_tortoise.backends.asyncpg``: Tortoise's asyncpg engine, with tracking."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tortoise.backends.asyncpg.client import AsyncpgDBClient, TransactionWrapper
+from tortoise.backends.asyncpg.executor import AsyncpgExecutor
+from tortoise.backends.asyncpg.schema_generator import AsyncpgSchemaGenerator
+from tortoise.backends.base.client import TransactionContext, TransactionContextPooled
+
+from reality_tortoise._schema import RealitySchemaGenerator
+from reality_tortoise._tracking import RealityClient, RealityExecutor, RealityTransaction
+
+
+class RealityAsyncpgSchemaGenerator(RealitySchemaGenerator, AsyncpgSchemaGenerator):
+    pass
+
+
+class RealityAsyncpgExecutor(RealityExecutor, AsyncpgExecutor):
+    pass
+
+
+class RealityAsyncpgTransaction(RealityTransaction, TransactionWrapper):
+    reality_dialect = "postgresql"
+    reality_paramstyle = "numeric_dollar"
+    executor_class = RealityAsyncpgExecutor
+
+    async def _reality_run(self, sql: str, params: Sequence[Any]) -> None:
+        await self._connection.execute(sql, *params)
+
+
+class RealityAsyncpgClient(RealityClient, AsyncpgDBClient):
+    reality_dialect = "postgresql"
+    reality_paramstyle = "numeric_dollar"
+    executor_class = RealityAsyncpgExecutor
+    schema_generator = RealityAsyncpgSchemaGenerator
+
+    def _in_transaction(self) -> TransactionContext:
+        return TransactionContextPooled(RealityAsyncpgTransaction(self), self._pool_init_lock)
+
+
+client_class = RealityAsyncpgClient

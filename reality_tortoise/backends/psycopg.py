@@ -1,0 +1,44 @@
+"""``reality_tortoise.backends.psycopg``: Tortoise's psycopg engine, with tracking."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from tortoise.backends.base.client import TransactionContext, TransactionContextPooled
+from tortoise.backends.psycopg.client import PsycopgClient, TransactionWrapper
+from tortoise.backends.psycopg.executor import PsycopgExecutor
+from tortoise.backends.psycopg.schema_generator import PsycopgSchemaGenerator
+
+from reality_tortoise._schema import RealitySchemaGenerator
+from reality_tortoise._tracking import RealityClient, RealityExecutor, RealityTransaction
+
+
+class RealityPsycopgSchemaGenerator(RealitySchemaGenerator, PsycopgSchemaGenerator):
+    pass
+
+
+class RealityPsycopgExecutor(RealityExecutor, PsycopgExecutor):
+    pass
+
+
+class RealityPsycopgTransaction(RealityTransaction, TransactionWrapper):
+    reality_dialect = "postgresql"
+    reality_paramstyle = "format"
+    executor_class = RealityPsycopgExecutor
+
+    async def _reality_run(self, sql: str, params: Sequence[Any]) -> None:
+        await self._connection.execute(sql, params)
+
+
+class RealityPsycopgClient(RealityClient, PsycopgClient):
+    reality_dialect = "postgresql"
+    reality_paramstyle = "format"
+    executor_class = RealityPsycopgExecutor
+    schema_generator = RealityPsycopgSchemaGenerator
+
+    def _in_transaction(self) -> TransactionContext:
+        return TransactionContextPooled(RealityPsycopgTransaction(self), self._pool_init_lock)
+
+
+client_class = RealityPsycopgClient
