@@ -1,4 +1,4 @@
-"""Reality's version tables: reality_versions and reality_meta (with the epoch).
+"""Reality's version tables: reality_log, reality_versions and reality_meta (with the epoch).
 
 Revision ID: reality_0001
 Revises:
@@ -29,6 +29,7 @@ branch_labels: tuple[str, ...] | None = ("reality",)
 depends_on: str | None = None
 
 VERSIONS = "reality_versions"
+LOG = "reality_log"
 META = "reality_meta"
 
 
@@ -57,6 +58,17 @@ def _has_epoch() -> bool:
 
 
 def upgrade() -> None:
+    if _missing(LOG):
+        op.create_table(
+            LOG,
+            sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+                      nullable=False, autoincrement=True),
+            sa.Column("key_name", _key_type(), nullable=False),
+            sa.Column("created_at", sa.BigInteger(), nullable=False),
+            sa.PrimaryKeyConstraint("id", name=f"pk_{LOG}"),
+            mysql_engine="InnoDB",
+        )
+        op.create_index(f"ix_{LOG}_key_name", LOG, ["key_name"])
     if _missing(VERSIONS):
         op.create_table(
             VERSIONS,
@@ -83,3 +95,5 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_table(META)
     op.drop_table(VERSIONS)
+    op.drop_index(f"ix_{LOG}_key_name", table_name=LOG)
+    op.drop_table(LOG)

@@ -47,6 +47,7 @@ class SyncASGIApp:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send)
+            await asyncio.to_thread(self.service.close)  # stops background folding
             return
         if scope["type"] != "http":
             return

@@ -4,6 +4,7 @@
 
     reality serve   --database-url URL [--host H] [--port P] [--base /reality] [--workers N]
     reality migrate --database-url URL [--revision reality@head] [--downgrade REVISION]
+    reality fold    --database-url URL
     reality demo    [--port P] [--database-url URL] [--orm sqlalchemy|tortoise]
 
 ``serve`` answers ``POST {base}/sync`` and ``GET {base}/health`` for an existing database
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     migrate.add_argument("--downgrade", metavar="REVISION", default=None,
                          help="downgrade to REVISION instead (e.g. base)")
 
+    fold = sub.add_parser("fold", help="fold the version log now (for a scheduled job)")
+    fold.add_argument("--database-url", type=_url, required=True)
+
     demo = sub.add_parser("demo", help="run the demo chat app")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=_port, default=8000)
@@ -80,7 +84,7 @@ def serve_app() -> object:
     url = os.environ.get(ENV_URL)
     if not url:
         raise RealityError(f"{ENV_URL} is not set; start the server with 'reality serve'")
-    return SyncASGIApp(SyncService(DBAPIReader.from_url(url)),
+    return SyncASGIApp(SyncService(DBAPIReader.from_url(url), fold_interval=1.0),
                        base=os.environ.get(ENV_BASE, "/reality"))
 
 
@@ -117,6 +121,18 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fold(args: argparse.Namespace) -> int:
+    from .reader import DBAPIReader
+
+    reader = DBAPIReader.from_url(args.database_url, fold_threshold=None)
+    try:
+        moved = reader.fold()
+    finally:
+        reader.close()
+    print(f"reality: folded {moved} log row(s)", file=sys.stderr)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run
 
@@ -125,7 +141,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"serve": _serve, "migrate": _migrate, "demo": _demo}
+    handlers = {"serve": _serve, "migrate": _migrate, "fold": _fold, "demo": _demo}
     try:
         return handlers[args.command](args)
     except RealityError as exc:

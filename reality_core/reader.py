@@ -12,7 +12,7 @@ from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 from .errors import ConfigurationError, StoreError, StoreUnavailable
-from .store import Snapshot, read_statement, snapshot_from_rows
+from .store import FOLD_BATCH, Dialect, Snapshot, fold, read_statement, snapshot_from_rows
 from .urls import DatabaseURL
 
 log = logging.getLogger("reality.reader")
@@ -40,13 +40,23 @@ class DBAPIReader:
     """
 
     def __init__(
-        self, connect: Connect, *, paramstyle: str, pool_size: int = 4, description: str = ""
+        self,
+        connect: Connect,
+        *,
+        paramstyle: str,
+        dialect: Dialect | None = None,
+        pool_size: int = 4,
+        description: str = "",
+        fold_threshold: int | None = 1000,
     ) -> None:
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
             raise ConfigurationError(f"pool_size must be at least 1, not {pool_size}")
         self._connect = connect
         self._pool: list[Any] = []
         self.paramstyle = paramstyle
+        self.dialect = dialect
+        self.fold_threshold = fold_threshold
+        self._folding = threading.Lock()
         self._pool_size = pool_size
         self._lock = threading.Lock()
         self.description = description
@@ -55,10 +65,13 @@ class DBAPIReader:
         return f"DBAPIReader({self.description or self._connect!r})"
 
     @classmethod
-    def from_url(cls, url: str | DatabaseURL, *, pool_size: int = 4) -> DBAPIReader:
+    def from_url(
+        cls, url: str | DatabaseURL, *, pool_size: int = 4, fold_threshold: int | None = 1000
+    ) -> DBAPIReader:
         parsed = url if isinstance(url, DatabaseURL) else DatabaseURL.parse(url)
-        return cls(parsed.dbapi_connect, paramstyle=parsed.paramstyle, pool_size=pool_size,
-                   description=parsed.render(hide_password=True))
+        return cls(parsed.dbapi_connect, paramstyle=parsed.paramstyle, dialect=parsed.dialect,
+                   pool_size=pool_size, description=parsed.render(hide_password=True),
+                   fold_threshold=fold_threshold)
 
     def _checkout(self) -> tuple[Any, bool]:
         """A connection, and whether it came from the pool (it may have gone stale there)."""
@@ -104,10 +117,49 @@ class DBAPIReader:
 
     def read(self, keys: Collection[str]) -> Snapshot:
         sql, params = read_statement(keys, self.paramstyle)
-        return snapshot_from_rows(keys, self._run(sql, params))
+        snapshot = snapshot_from_rows(keys, self._run(sql, params))
+        if (self.fold_threshold is not None and self.dialect is not None
+                and snapshot.pending >= self.fold_threshold):
+            self._fold_soon()
+        return snapshot
+
+    def _fold_soon(self) -> None:
+        """Fold in a one-shot background thread, unless one is already folding: a read
+        that counted many log rows means the log is due for folding, and the reader pays
+        nothing for it."""
+        if not self._folding.acquire(blocking=False):
+            return
+
+        def run() -> None:
+            try:
+                self.fold()
+            except StoreError as exc:
+                log.warning("folding the version log failed: %s", exc.message)
+            finally:
+                self._folding.release()
+
+        threading.Thread(target=run, name="reality-fold", daemon=True).start()
 
     def ping(self) -> None:
         self.read(())
+
+    def fold(self, batch: int = FOLD_BATCH) -> int:
+        """Fold log rows into the version counts until fewer than ``batch`` remain; returns
+        how many were folded. See :func:`reality_core.store.fold`."""
+        if self.dialect is None:
+            raise ConfigurationError("this reader does not know its dialect; pass dialect=")
+        total = 0
+        while True:
+            conn, _ = self._checkout()
+            try:
+                moved = fold(conn, self.dialect, self.paramstyle, batch)
+            except Exception as exc:
+                _discard(conn)
+                raise _store_error(exc) from exc
+            self._checkin(conn)
+            total += moved
+            if moved < batch:
+                return total
 
     def close(self) -> None:
         with self._lock:

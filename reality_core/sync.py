@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigurationError, ProtocolError, StoreError, StoreUnavailable
+from .folding import Folder
 from .protocol import Limits, parse_body, problem, validate_known
-from .reader import VersionReader
+from .reader import DBAPIReader, VersionReader
 
 log = logging.getLogger("reality.sync")
 
@@ -46,7 +47,10 @@ class SyncService:
 
     ``limits`` bound each request; ``authorizer`` (optional) filters the keys a caller may
     see — a request naming any refused key gets 403; ``retry_after`` is the ``Retry-After``
-    (seconds) sent with 503 when the store cannot be read.
+    (seconds) sent with 503 when the store cannot be read. ``fold_interval`` (seconds) starts
+    a :class:`~reality_core.folding.Folder` with the first request, when the reader can fold;
+    :meth:`close` stops it. Without it the reader still folds when a read counts many
+    unfolded log rows (``DBAPIReader(fold_threshold=...)``).
     """
 
     def __init__(
@@ -56,6 +60,7 @@ class SyncService:
         limits: Limits | None = None,
         authorizer: Authorizer | None = None,
         retry_after: int = 2,
+        fold_interval: float | None = None,
     ) -> None:
         if limits is not None and not isinstance(limits, Limits):
             raise ConfigurationError(f"limits must be a reality_core.Limits, not {limits!r}")
@@ -67,12 +72,22 @@ class SyncService:
         self.limits = limits or Limits()
         self.authorizer = authorizer
         self.retry_after = retry_after
+        self._folder: Folder | None = None
+        if fold_interval is not None and isinstance(reader, DBAPIReader) and reader.dialect:
+            self._folder = Folder(reader, interval=fold_interval)
+
+    def close(self) -> None:
+        """Stop background folding (the reader stays open; close it yourself)."""
+        if self._folder is not None:
+            self._folder.stop()
 
     def sync(
         self, known: Mapping[str, int], *, headers: Mapping[str, str] | None = None
     ) -> dict[str, Any]:
         """The protocol's response for ``known``, as a dict. Raises :class:`ProtocolError`
         for invalid input and :class:`StoreError` when the store cannot be read."""
+        if self._folder is not None:
+            self._folder.start()
         checked = validate_known(known, self.limits)
         self._authorize(checked, headers or {})
         snapshot = self.reader.read(checked.keys())

@@ -52,4 +52,5 @@ def version_reader(engine: sa.Engine | AsyncEngine, *, pool_size: int = 4) -> DB
         return DBAPIReader.from_url(url.with_driver(None), pool_size=pool_size)
     dialect = normalize_dialect(engine.dialect.name)
     return DBAPIReader(engine.raw_connection, paramstyle=engine.dialect.paramstyle,
+                       dialect=dialect,
                        pool_size=pool_size, description=f"{dialect} via {engine.url!r}")

@@ -10,7 +10,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from reality_core.store import META_TABLE, OWN_TABLES, VERSIONS_TABLE, insert_epoch_statement
+from reality_core.store import (
+    LOG_TABLE,
+    META_TABLE,
+    OWN_TABLES,
+    VERSIONS_TABLE,
+    insert_epoch_statement,
+)
 
 metadata = sa.MetaData()
 
@@ -19,6 +25,17 @@ KEY_TYPE = (
     .with_variant(postgresql.VARCHAR(256, collation="C"), "postgresql")
     # UTF-8 bytes: every MySQL/MariaDB *_bin collation of VARCHAR ignores trailing spaces.
     .with_variant(mysql.VARBINARY(1024), "mysql", "mariadb")
+)
+
+log = sa.Table(
+    LOG_TABLE, metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), nullable=False,
+              autoincrement=True),
+    sa.Column("key_name", KEY_TYPE, nullable=False),
+    sa.Column("created_at", sa.BigInteger, nullable=False),
+    sa.PrimaryKeyConstraint("id", name=f"pk_{LOG_TABLE}"),
+    sa.Index(f"ix_{LOG_TABLE}_key_name", "key_name"),
+    mysql_engine="InnoDB",
 )
 
 versions = sa.Table(

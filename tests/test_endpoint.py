@@ -29,6 +29,8 @@ from reality_core.store import (
     bump_statements,
     create_table_statements,
     insert_epoch_statement,
+    read_statement,
+    snapshot_from_rows,
 )
 from reality_core.urls import DatabaseURL
 from tests import dbs
@@ -60,6 +62,16 @@ class Store:
         try:
             for sql, params in bump_statements(self.dialect, sorted(set(keys)), self.paramstyle):
                 cur.execute(sql, params)
+        finally:
+            cur.close()
+
+    def version(self, key: str) -> int:
+        """The version the endpoint must report, read with the store's own statement."""
+        sql, params = read_statement([key], self.paramstyle)
+        cur = self._conn.cursor()
+        try:
+            cur.execute(sql, params)
+            return snapshot_from_rows([key], cur.fetchall()).version(key)
         finally:
             cur.close()
 
@@ -837,8 +849,7 @@ def test_fuzzed_bodies_never_break_the_endpoint(
     runner: asyncio.Runner, sqlite_store: Store, body: bytes, content_type: str
 ) -> None:
     sqlite_store.bump("alive")
-    expected = {"alive": sqlite_store.query(
-        "SELECT version FROM reality_versions WHERE key_name = 'alive'")[0][0]}
+    expected = {"alive": sqlite_store.version("alive")}
     reader = sqlite_store.reader()
     authorizer = RecordingAuthorizer("")  # refuses "secret:..." keys: 403 is reachable
 
@@ -878,6 +889,5 @@ def test_sqlite_reader_handles_concurrent_requests(sqlite_store: Store, runner: 
     finally:
         reader.close()
     assert {tuple(versions_of(r).items()) for r in responses} == {
-        (("concurrent", sqlite_store.query(
-            "SELECT version FROM reality_versions WHERE key_name = 'concurrent'")[0][0]),),
+        (("concurrent", sqlite_store.version("concurrent")),),
     }

@@ -32,7 +32,7 @@ from reality_sqlalchemy import migrate
 from tests import dbs
 
 ROOT = Path(__file__).resolve().parent.parent
-OWN = {"reality_versions", "reality_meta"}
+OWN = {"reality_log", "reality_versions", "reality_meta"}
 NewDatabase = Callable[[], str]
 
 # What the reflected key_name type must say, so the schema comparison cannot pass vacuously.

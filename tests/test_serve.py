@@ -126,8 +126,7 @@ def check_sync(server: Server, store: Store) -> None:
     body = response.json()
     assert body["epoch"] == store.epoch
     assert {k: v["version"] for k, v in body["changed"].items()} == {
-        "room:7": store.query("SELECT version FROM reality_versions "
-                              "WHERE key_name = 'room:7'")[0][0],
+        "room:7": store.version("room:7"),
     }
 
 

@@ -46,9 +46,13 @@ def ns() -> str:
 
 
 def version_rows(store: Store, prefix: str) -> dict[str, int]:
-    rows = store.query("SELECT key_name, version FROM reality_versions")
-    names = ((n.decode() if isinstance(n, bytes) else n, v) for n, v in rows)  # VARBINARY
-    return {name: int(version) for name, version in names if name.startswith(prefix)}
+    """Every key under ``prefix`` that was ever bumped, with its version."""
+    rows = store.query(
+        "SELECT key_name FROM reality_log UNION SELECT key_name FROM reality_versions"
+    )
+    names = [n.decode() if isinstance(n, bytes) else n for (n,) in rows]  # VARBINARY
+    keys = sorted(n for n in names if n.startswith(prefix))
+    return {k: v.version for k, v in read(store, keys).versions.items()}
 
 
 def read(store: Store, keys: list[str]) -> Snapshot:
@@ -89,9 +93,9 @@ def test_each_bump_adds_one(store: Store, ns: str) -> None:
     store.bump(a, b)
     store.bump(a)
     assert version_rows(store, ns) == {a: 3, b: 1}
-    before = store.query(f"SELECT hash FROM reality_versions WHERE key_name = '{a}'")[0][0]
+    before = read(store, [a]).versions[a].hash
     store.bump(a)
-    after = store.query(f"SELECT hash FROM reality_versions WHERE key_name = '{a}'")[0][0]
+    after = read(store, [a]).versions[a].hash
     assert after != before
 
 
@@ -136,7 +140,7 @@ def test_python_and_database_sort_keys_alike(store: Store, ns: str) -> None:
                              "\U0001f600", "\uffee"]]
     store.bump(*keys)
     rows = store.query(
-        f"SELECT key_name FROM reality_versions WHERE key_name >= '{ns}' "
+        f"SELECT key_name FROM reality_log WHERE key_name >= '{ns}' "
         f"AND key_name < '{ns[:-1]};' ORDER BY key_name"
     )
     names = [r[0].decode() if isinstance(r[0], bytes) else r[0] for r in rows]  # VARBINARY
@@ -252,9 +256,7 @@ def test_read_statement_in_every_sqlite_paramstyle(tmp_path: Path, paramstyle: s
         assert {k: v.version for k, v in snapshot.versions.items()} == {"a": 1, "b:1": 1}
         for sql, params in bump_statements("sqlite", ["a", "c"], paramstyle):
             store._conn.execute(sql, params)
-        assert store.query("SELECT key_name, version FROM reality_versions ORDER BY 1") == [
-            ("$esc:b", 1), ("a", 2), ("c", 1),
-        ]
+        assert version_rows(store, "") == {"$esc:b": 1, "a": 2, "c": 1}
     finally:
         store.close()
 
@@ -280,12 +282,13 @@ def test_pyformat_on_servers(store: Store, ns: str) -> None:
 
 def test_snapshot_needs_the_epoch_row() -> None:
     with pytest.raises(StoreError, match="no epoch row"):
-        snapshot_from_rows(["a"], [(0, "a", 1, "h", 5)])
+        snapshot_from_rows(["a"], [(0, "a", 1, 5)])
 
 
 def test_snapshot_from_rows_by_hand() -> None:
-    rows = [(1, "epoch", 0, "e1", 0), (0, "room:7", 4, "h7", 10), (0, "$esc:room:", 2, "hm", 30),
-            (0, "$esc:r", 1, "hr", 20)]
+    # (source, key, count, updated): 0 folded counts, 2 log counts, 1 the epoch
+    rows = [(1, "e1", 0, 0), (0, "room:7", 3, 10), (2, "room:7", 1, 5), (0, "$esc:room:", 2, 30),
+            (0, "$esc:r", 1, 20)]
     snapshot = snapshot_from_rows(["room:7", "room:8", "x"], rows)
     assert snapshot.epoch == "e1"
     seven, eight = snapshot.versions["room:7"], snapshot.versions["room:8"]

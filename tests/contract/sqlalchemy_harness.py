@@ -311,6 +311,7 @@ def _create_schema(conn: sa.Connection, dialect: str) -> None:
     conn.exec_driver_sql("DROP TABLE IF EXISTS order_notes")
     Base.metadata.drop_all(conn)
     conn.exec_driver_sql("DROP TABLE IF EXISTS reality_versions")
+    conn.exec_driver_sql("DROP TABLE IF EXISTS reality_log")
     conn.exec_driver_sql("DROP TABLE IF EXISTS reality_meta")
     Base.metadata.create_all(conn)
     conn.exec_driver_sql(NOTES_DDL[dialect])

@@ -219,7 +219,7 @@ def test_i7_failed_bump_fails_the_transaction(db: Any) -> None:
     S = sessionmaker(engine)
     reality_sqlalchemy.install(S)
     with engine.begin() as conn:
-        conn.exec_driver_sql("DROP TABLE reality_versions")
+        conn.exec_driver_sql("DROP TABLE reality_log")
     with pytest.raises(WritePathError, match="reality migrate"), S.begin() as s:
         s.add(Order(id=1, room_id=1))
     with S() as s:
