@@ -17,6 +17,7 @@ from tortoise.migrations.schema_generator.state import State
 
 from reality_core.errors import ConfigurationError
 from reality_core.store import (
+    LOG_TABLE,
     META_TABLE,
     VERSIONS_TABLE,
     Dialect,
@@ -139,5 +140,6 @@ class CreateRealityTables(RunSQL):
                                 state_editor: BaseSchemaEditor | None = None) -> None:
         if state_editor is None:
             return
-        await self._run_sql(state_editor, [f"DROP TABLE IF EXISTS {VERSIONS_TABLE}",
+        await self._run_sql(state_editor, [f"DROP TABLE IF EXISTS {LOG_TABLE}",
+                                           f"DROP TABLE IF EXISTS {VERSIONS_TABLE}",
                                            f"DROP TABLE IF EXISTS {META_TABLE}"])

@@ -55,7 +55,7 @@ class Tag(Model):
 
 
 MODELS = (__name__,)
-OWN_TABLES = ("reality_versions", "reality_meta")
+OWN_TABLES = ("reality_log", "reality_versions", "reality_meta")
 NOTES_DDL = ("CREATE TABLE order_notes (id INTEGER PRIMARY KEY, order_id INTEGER NOT NULL "
              "REFERENCES orders(id) DEFERRABLE INITIALLY DEFERRED)")
 

@@ -20,7 +20,7 @@ def _drop_demo_tables(url: str) -> None:
 
     with psycopg.connect(DatabaseURL.parse(url).libpq(), autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS demo_messages, demo_rooms, reality_versions, "
-                     "reality_meta CASCADE")
+                     "reality_log, reality_meta CASCADE")
 
 
 @pytest.fixture(params=BACKENDS)

@@ -89,7 +89,7 @@ async def test_bump_refuses_a_connection_without_a_reality_engine(h: TortoiseHar
 async def test_a_failing_bump_fails_the_transaction_and_keeps_nothing(
         h: TortoiseHarness) -> None:
     await seed((1, 1, 0))
-    await db().execute_script("DROP TABLE reality_versions")
+    await db().execute_script("DROP TABLE reality_log")
     with pytest.raises(WritePathError, match="create_tables"):
         async with in_transaction():
             await Order.create(id=2, room_id=2)
