@@ -56,6 +56,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sess
 
 import reality_sqlalchemy as reality  # noqa: E402
 from reality_core.keys import ESCALATION_PREFIX, ROW_PREFIX, TABLE_PREFIX  # noqa: E402
+from reality_core.reader import DBAPIReader  # noqa: E402
 from reality_core.store import VERSIONS_TABLE  # noqa: E402
 
 DEFAULT_URL: Final = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -287,6 +288,13 @@ class _SqlAlchemyWriter:
 def check_versions(engine: Engine, scenario: Scenario, totals: Totals, tracked: str,
                    baseline: str, key_prefix: str) -> list[str]:
     """What the plugin's commits must have left in the version table (any ORM)."""
+    # Writers only append to the log; fold it so the counts below sit in one table.
+    folder = DBAPIReader.from_url(engine.url.render_as_string(hide_password=False),
+                                  fold_threshold=None)
+    try:
+        folder.fold()
+    finally:
+        folder.close()
     commits, rows = totals.commits["plugin"], totals.rows["plugin"]
     prefix = f"{key_prefix}:"
     row_prefix = f"{ROW_PREFIX}{tracked}:"
@@ -538,11 +546,109 @@ class TortoiseTarget:
         self.engine.dispose()
 
 
+# --- peewee ---------------------------------------------------------------------------------
+
+class _PeeweeWriter:
+    def __init__(self, target: PeeweeTarget, model: Any, scenario: Scenario,
+                 rng: random.Random) -> None:
+        self.target = target
+        self.model = model
+        self.scenario = scenario
+        self.rng = rng
+
+    def transaction(self) -> int:
+        rng, scenario, n = self.rng, self.scenario, self.scenario.rows_per_commit
+        rows = [{"room_id": scenario.pick_room(rng), "customer_id": rng.randrange(1, 100_000),
+                 "amount_cents": rng.randrange(100, 100_000), "note": "bench order"}
+                for _ in range(n)]
+        if self.target.autocommit and n == 1:
+            self.model.create(**rows[0])  # no transaction of the app's own
+            return n
+        with self.target.db.atomic():
+            for values in rows:
+                self.model.create(**values)
+        return n
+
+    def close(self) -> None:
+        self.target.db.close()  # this thread's connection back to the pool
+
+
+class PeeweeTarget:
+    """The peewee plugin: ``install``/``uninstall`` on one ``PooledPostgresqlDatabase`` (each
+    writer thread has its connection, as peewee keeps them per thread). ``autocommit`` writes
+    each single row with a bare ``Model.create()`` (the plugin then wraps it in a transaction
+    of its own, with its bump) instead of ``db.atomic()``."""
+
+    def __init__(self, url: URL, scenarios: Sequence[Scenario], pool_size: int, *,
+                 autocommit: bool = False) -> None:
+        import peewee
+        from playhouse.pool import PooledPostgresqlDatabase
+
+        import reality_peewee
+
+        self.reality = reality_peewee
+        self.orm = "peewee" + ("-autocommit" if autocommit else "")
+        self.autocommit = autocommit
+        self.tag = self.orm.replace("-", "_")
+        self.engine: Engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        self.db = PooledPostgresqlDatabase(
+            url.database, host=url.host, port=url.port, user=url.username,
+            password=url.password, max_connections=pool_size)
+        self.models: dict[str, dict[Variant, Any]] = {}
+        for sc in scenarios:
+            for variant in VARIANTS:
+                meta = type("Meta", (), {"database": self.db,
+                                         "table_name": f"bench_{self.tag}_{sc.slug}_{variant}"})
+                model = type(f"{variant.title()}Order_{self.tag}_{sc.slug}", (peewee.Model,), {
+                    "id": peewee.BigAutoField(),
+                    "room_id": peewee.IntegerField(index=True),
+                    "customer_id": peewee.IntegerField(),
+                    "amount_cents": peewee.IntegerField(),
+                    "note": peewee.CharField(max_length=64),
+                    "Meta": meta,
+                })
+                if variant == "plugin":
+                    reality_peewee.track(model, table=sc.table_key, rows=sc.row_keys,
+                                         keys=[f"{self.key_prefix(sc)}:{{room_id}}"])
+                self.models.setdefault(sc.name, {})[variant] = model
+        with self.db.connection_context():
+            self.db.create_tables([m for pair in self.models.values() for m in pair.values()])
+        reality_peewee.create_tables(self.db)
+        self.db.close()
+
+    def key_prefix(self, scenario: Scenario) -> str:
+        return f"{scenario.key_prefix}-{self.tag}"
+
+    def activate(self, variant: Variant) -> None:
+        if variant == "plugin":
+            self.reality.install(self.db)
+        else:
+            self.reality.uninstall(self.db)
+            if self.reality.installed():
+                raise SanityError(f"baseline needs no plugin, found {self.reality.installed()}")
+
+    def writer(self, scenario: Scenario, variant: Variant, rng: random.Random) -> Writer:
+        return _PeeweeWriter(self, self.models[scenario.name][variant], scenario, rng)
+
+    def check(self, scenario: Scenario, totals: Totals) -> list[str]:
+        models = self.models[scenario.name]
+        return check_versions(self.engine, scenario, totals,
+                              models["plugin"]._meta.table_name,
+                              models["baseline"]._meta.table_name, self.key_prefix(scenario))
+
+    def close(self) -> None:
+        self.reality.uninstall(self.db)
+        self.db.close_all()
+        self.engine.dispose()
+
+
 ORMS: Final[dict[str, Callable[[URL, Sequence[Scenario], int], Target]]] = {
     "sqlalchemy": SqlAlchemyTarget,
     "tortoise": TortoiseTarget,
     "tortoise-psycopg": lambda url, sc, pool: TortoiseTarget(url, sc, pool, driver="psycopg"),
     "tortoise-autocommit": lambda url, sc, pool: TortoiseTarget(url, sc, pool, autocommit=True),
+    "peewee": PeeweeTarget,
+    "peewee-autocommit": lambda url, sc, pool: PeeweeTarget(url, sc, pool, autocommit=True),
 }
 
 

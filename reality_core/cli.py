@@ -5,6 +5,7 @@
     reality serve   --database-url URL [--host H] [--port P] [--base /reality] [--workers N]
     reality migrate --database-url URL [--revision reality@head] [--downgrade REVISION]
     reality fold    --database-url URL
+    reality reset-epoch --database-url URL
     reality demo    [--port P] [--database-url URL] [--orm sqlalchemy|tortoise]
 
 ``serve`` answers ``POST {base}/sync`` and ``GET {base}/health`` for an existing database
@@ -65,6 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     fold = sub.add_parser("fold", help="fold the version log now (for a scheduled job)")
     fold.add_argument("--database-url", type=_url, required=True)
+
+    reset = sub.add_parser("reset-epoch",
+                           help="new epoch after restoring a backup: clients drop what they know")
+    reset.add_argument("--database-url", type=_url, required=True)
 
     demo = sub.add_parser("demo", help="run the demo chat app")
     demo.add_argument("--host", default="127.0.0.1")
@@ -133,6 +138,28 @@ def _fold(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reset_epoch(args: argparse.Namespace) -> int:
+    from .errors import StoreError
+    from .store import reset_epoch_statement
+
+    url = DatabaseURL.parse(args.database_url)
+    try:
+        conn = url.dbapi_connect()
+    except Exception as exc:
+        raise StoreError(f"cannot connect: {exc}") from exc
+    try:
+        cur = conn.cursor()
+        cur.execute(*reset_epoch_statement(url.paramstyle))
+        changed = cur.rowcount
+        conn.commit()
+    finally:
+        conn.close()
+    if changed != 1:
+        raise StoreError("no epoch row to reset: create the tables first (reality migrate)")
+    print("reality: new epoch set; clients will drop what they know", file=sys.stderr)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run
 
@@ -141,7 +168,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    handlers = {"serve": _serve, "migrate": _migrate, "fold": _fold, "demo": _demo}
+    handlers = {"serve": _serve, "migrate": _migrate, "fold": _fold,
+                "reset-epoch": _reset_epoch, "demo": _demo}
     try:
         return handlers[args.command](args)
     except RealityError as exc:

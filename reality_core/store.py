@@ -134,6 +134,14 @@ def insert_epoch_statement(dialect: Dialect, paramstyle: str) -> tuple[str, Para
     return sql, ph.params
 
 
+def reset_epoch_statement(paramstyle: str) -> tuple[str, Params]:
+    """Give the store a new epoch: every client drops what it knows at its next sync. Run it
+    after restoring a backup, when versions may have gone back."""
+    ph = Placeholders(paramstyle)
+    return (f"UPDATE {META_TABLE} SET value = {ph.next('epoch', new_epoch())} "
+            "WHERE name = 'epoch'", ph.params)
+
+
 class Placeholders:
     """Builds bind placeholders for any DB-API paramstyle, collecting the values."""
 

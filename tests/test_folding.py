@@ -219,3 +219,16 @@ def test_cli_fold(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
     assert cli_main(["fold", "--database-url", str(store.url)]) == 0
     assert "folded 2" in capsys.readouterr().err
     assert log_rows(store) == 0
+
+
+def test_cli_reset_epoch(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    before = store.epoch
+    reader = store.reader()
+    try:
+        assert reader.read(["a"]).epoch == before
+        assert cli_main(["reset-epoch", "--database-url", str(store.url)]) == 0
+        assert "new epoch" in capsys.readouterr().err
+        assert store.epoch != before
+        assert reader.read(["a"]).epoch == store.epoch
+    finally:
+        reader.close()
