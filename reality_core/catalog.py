@@ -9,11 +9,11 @@ into, what "escalate everything" means.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Literal
 
 from .errors import ConfigurationError, UnsupportedStatementError
-from .keys import Declaration
+from .keys import ROW_PREFIX, Declaration, escalation_key
 from .rawsql import matches, written_tables
 from .store import OWN_TABLES
 
@@ -84,6 +84,36 @@ class Catalog:
             keys |= decl.escalation_keys()
         return keys
 
+    def compact(self, keys: Iterable[str], limit: int | None) -> list[str]:
+        """Sorted keys, where more than ``limit`` keys of one kind (row keys of one table,
+        keys of one template) are replaced by that kind's escalation marker.
+
+        A transaction that writes 100,000 rows would otherwise append 100,000 log rows; past
+        the limit every key of the kind reads as changed instead (I4 allows over-, never
+        under-invalidation), and the bump stays one short statement.
+        """
+        ordered = sorted(set(keys))
+        if limit is None or len(ordered) <= limit:
+            return ordered
+        groups: dict[str, list[str]] = {}
+        prefixes = self._template_prefixes()
+        for key in ordered:
+            marker = _marker_for(key, prefixes)
+            if marker is not None:
+                groups.setdefault(marker, []).append(key)
+        out = set(ordered)
+        for marker, members in groups.items():
+            if len(members) > limit:
+                out.difference_update(members)
+                out.add(marker)
+        return sorted(out)
+
+    def _template_prefixes(self) -> list[tuple[str, str]]:
+        """(literal prefix, escalation marker) of every template, longest prefix first."""
+        found = {(t.prefix, t.escalation) for d in self._decls.values() for t in d.templates
+                 if t.fields}
+        return sorted(found, key=lambda p: -len(p[0]))
+
     def escalate(self, table: str) -> set[str]:
         """Every key derived from ``table`` (and what its deletes cascade into)."""
         decl = self._decls.get(table)
@@ -117,3 +147,13 @@ class Catalog:
                 if matches(name, bare, schema or None):
                     keys |= self.escalate(table)
         return keys
+
+
+def _marker_for(key: str, template_prefixes: list[tuple[str, str]]) -> str | None:
+    if key.startswith(ROW_PREFIX):
+        table, sep, _ = key[len(ROW_PREFIX):].partition(":")
+        return escalation_key(f"{ROW_PREFIX}{table}:") if sep else None
+    for prefix, marker in template_prefixes:
+        if key.startswith(prefix):
+            return marker
+    return None

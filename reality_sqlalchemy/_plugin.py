@@ -54,12 +54,23 @@ class Settings:
     attribute to tables (``DO`` blocks, ``CALL``...): ``"conservative"`` bumps every tracked
     table's keys, ``"strict"`` raises :class:`UnsupportedStatementError`, failing the
     transaction. Neither skips silently.
+
+    ``max_keys``: past this many keys of one kind in one transaction (row keys of a table,
+    keys of a template), the kind escalates to its marker instead (``None``: never).
     """
 
     raw_sql: RawSQLPolicy = "conservative"
+    max_keys: int | None = 1000
 
     def __post_init__(self) -> None:
         check_raw_sql_policy(self.raw_sql)
+        if self.max_keys is not None and (
+            isinstance(self.max_keys, bool) or not isinstance(self.max_keys, int)
+            or self.max_keys < 1
+        ):
+            raise ConfigurationError(
+                f"max_keys must be a positive int or None, not {self.max_keys!r}"
+            )
 
 
 class _ConnState:
@@ -345,7 +356,7 @@ class _Plugin:
         state = _state(conn)
         if state is None or not state.buffer:
             return
-        keys = state.buffer.drain()
+        keys = registry.catalog.compact(state.buffer.drain(), self.settings.max_keys)
         write_bump(conn, keys, state.dialect)
 
 
@@ -404,7 +415,9 @@ def _session_target(target: Any) -> Any:
     )
 
 
-def install(target: Any, *, raw_sql: RawSQLPolicy = "conservative") -> None:
+def install(
+    target: Any, *, raw_sql: RawSQLPolicy = "conservative", max_keys: int | None = 1000
+) -> None:
     """Bump versions for every write made through ``target``.
 
     Example::
@@ -415,9 +428,9 @@ def install(target: Any, *, raw_sql: RawSQLPolicy = "conservative") -> None:
     ``target`` is a ``sessionmaker``/``async_sessionmaker``, a ``Session``/``AsyncSession``
     class (every session of that class), or an ``Engine``/``AsyncEngine`` (every connection,
     for Core-only code). Installing twice is a no-op; :func:`uninstall` removes exactly what
-    this added. ``raw_sql`` is described in :class:`Settings`.
+    this added. ``raw_sql`` and ``max_keys`` are described in :class:`Settings`.
     """
-    settings = Settings(raw_sql=raw_sql)
+    settings = Settings(raw_sql=raw_sql, max_keys=max_keys)
     with _plugin.lock:
         if id(target) in _plugin.targets:
             return

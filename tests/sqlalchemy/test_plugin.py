@@ -435,3 +435,24 @@ def test_table_key_only_declaration_still_bumps(db: Any) -> None:
     with S.begin() as s:
         s.get_one(Order, 1).total = 3
     assert versions(reader, T, row(1)) == {T: 2, row(1): 0}
+
+
+def test_large_transactions_escalate_past_max_keys(db: Any) -> None:
+    url, engine, reader = db
+    S = sessionmaker(engine)
+    reality_sqlalchemy.install(S, max_keys=50)
+    with S.begin() as s:
+        s.add_all(Order(id=i, room_id=i % 10, total=0) for i in range(1, 201))
+    # 200 row keys > 50: one row marker instead; 10 room keys <= 50: exact.
+    reader_keys = [row(1), row(200), row(9999), "room:3", "room:11"]
+    v = versions(reader, *reader_keys)
+    assert v == {row(1): 1, row(200): 1, row(9999): 1, "room:3": 1, "room:11": 0}
+    conn = DatabaseURL.parse(url).with_driver(None).dbapi_connect()
+    try:
+        cur = conn.cursor()
+        cur.execute("SELECT COUNT(*) FROM reality_log")
+        assert cur.fetchone()[0] == 1 + 1 + 10  # table key, row marker, ten rooms
+    finally:
+        conn.close()
+    with pytest.raises(ConfigurationError, match="max_keys"):
+        reality_sqlalchemy.Settings(max_keys=0)
