@@ -26,6 +26,15 @@ def check_raw_sql_policy(policy: object) -> RawSQLPolicy:
     return policy
 
 
+def check_max_keys(value: object) -> int | None:
+    """The ``max_keys`` setting of every plugin (see :meth:`Catalog.compact`)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(f"max_keys must be a positive int or None, not {value!r}")
+    return value
+
+
 class Catalog:
     """Declarations by table name (``schema.table`` when qualified)."""
 

@@ -6,7 +6,7 @@
     reality migrate --database-url URL [--revision reality@head] [--downgrade REVISION]
     reality fold    --database-url URL
     reality reset-epoch --database-url URL
-    reality demo    [--port P] [--database-url URL] [--orm sqlalchemy|tortoise]
+    reality demo    [--port P] [--database-url URL] [--orm sqlalchemy|tortoise|peewee]
 
 ``serve`` answers ``POST {base}/sync`` and ``GET {base}/health`` for an existing database
 (the standalone-server mode). ``migrate`` creates or upgrades the metadata tables through
@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--port", type=_port, default=8000)
     demo.add_argument("--database-url", type=_url, default=None,
                       help="default: an SQLite file in the current directory")
-    demo.add_argument("--orm", choices=["sqlalchemy", "tortoise"], default="sqlalchemy")
+    demo.add_argument("--orm", choices=["sqlalchemy", "tortoise", "peewee"], default="sqlalchemy")
     return parser
 
 

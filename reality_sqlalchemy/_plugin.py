@@ -33,7 +33,7 @@ from sqlalchemy.orm import Mapper, Session, sessionmaker
 from sqlalchemy.sql import dml, elements
 
 from reality_core.buffer import KeyBuffer
-from reality_core.catalog import RawSQLPolicy, check_raw_sql_policy
+from reality_core.catalog import RawSQLPolicy, check_max_keys, check_raw_sql_policy
 from reality_core.errors import ConfigurationError, WritePathError
 from reality_core.keys import MISSING, validate_key
 from reality_core.store import normalize_dialect, run_bump
@@ -64,13 +64,7 @@ class Settings:
 
     def __post_init__(self) -> None:
         check_raw_sql_policy(self.raw_sql)
-        if self.max_keys is not None and (
-            isinstance(self.max_keys, bool) or not isinstance(self.max_keys, int)
-            or self.max_keys < 1
-        ):
-            raise ConfigurationError(
-                f"max_keys must be a positive int or None, not {self.max_keys!r}"
-            )
+        check_max_keys(self.max_keys)
 
 
 class _ConnState:

@@ -10,7 +10,7 @@ import pytest
 import reality_core
 from reality_core import errors
 
-PACKAGES = ["reality_core", "reality_sqlalchemy", "reality_tortoise"]
+PACKAGES = ["reality_core", "reality_sqlalchemy", "reality_tortoise", "reality_peewee"]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

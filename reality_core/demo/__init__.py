@@ -46,6 +46,7 @@ from .backend import Backend
 BACKENDS: Final = {
     "sqlalchemy": "reality_core.demo.sqlalchemy_backend:SQLAlchemyBackend",
     "tortoise": "reality_core.demo.tortoise_backend:TortoiseBackend",
+    "peewee": "reality_core.demo.peewee_backend:PeeweeBackend",
 }
 ORMS: Final = tuple(BACKENDS)
 DEFAULT_DATABASE_FILE: Final = "reality-demo.db"

@@ -1,0 +1,426 @@
+"""``install()``: where the plugin meets a peewee ``Database``, and the key buffer.
+
+Why the plugin wraps methods of the ``Database`` *instance*
+-------------------------------------------------------------
+peewee's signals fire for ``save()``/``delete_instance()`` only, and its one commit hook
+(``after_commit``) runs after COMMIT, too late to write in the same transaction. Every
+statement, transaction and savepoint does pass through a handful of ``Database`` methods
+that peewee always calls through the instance: ``execute()`` (query objects),
+``execute_sql()`` (SQL text, including the ``SAVEPOINT``/``RELEASE``/``ROLLBACK TO`` that
+``atomic()`` issues), ``begin()``, ``commit()``, ``rollback()``, ``connect()`` and
+``close()``. These are the methods peewee's documentation tells users to override in a
+``Database`` subclass. :func:`install` sets wrappers for them as attributes of the one
+database object it is given (an instance attribute shadows the class's method, so the
+class, its other instances and playhouse's pool logic stay untouched), and
+:func:`uninstall` deletes exactly those attributes again. A subclass would force users to
+change the class they instantiate, and every playhouse variant (pools, extensions) would
+need a twin; wrapping the object they already have keeps ``install(db)`` one line.
+
+Where the keys live
+-------------------
+One :class:`~reality_core.buffer.KeyBuffer` per connection, kept beside peewee's own
+per-thread connection state (thread-local unless the database was opened with
+``thread_safe=False``), and bound to the DB-API connection it was filled on. ``begin()``,
+``commit()``, ``rollback()``, ``connect()`` and ``close()`` (which a pool turns into a
+check-in: a dirty connection is rolled back there) all reset it, and a buffer found on
+another connection than the current one is dropped, so no key outlives its transaction (I2).
+
+The bump is written by the ``commit()`` wrapper on the raw DB-API connection, right
+before COMMIT, as one sorted statement (I6). A write outside any transaction (peewee's
+default autocommit mode) runs inside a transaction of its own, ``BEGIN; <statement>;
+<bump>; COMMIT``: bumping after an autocommitted statement would leave the data committed
+without its bump whenever the bump failed (I1, I7).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import threading
+import types
+from collections.abc import Callable, Iterator
+from typing import Any, Final
+
+import peewee
+
+from reality_core.buffer import KeyBuffer
+from reality_core.catalog import RawSQLPolicy
+from reality_core.errors import ConfigurationError, RealityError, WritePathError
+from reality_core.rawsql import TransactionControl, transaction_control
+from reality_core.store import Dialect, run_bump
+
+from ._declarations import registry
+from ._queries import plan_for
+
+WRAPPED: Final = ("execute", "execute_sql", "begin", "commit", "rollback", "connect", "close")
+_ABSENT: Final = object()
+
+
+def driver_in_transaction(conn: Any) -> bool | None:
+    """Whether the DB-API connection has a transaction open, as its driver knows it without
+    a round trip (``None`` when the driver does not tell)."""
+    flag = getattr(conn, "in_transaction", None)  # sqlite3, mysql-connector
+    if isinstance(flag, bool):
+        return flag
+    info = getattr(conn, "info", None)  # psycopg 3: pq.TransactionStatus, IDLE == 0
+    status = getattr(info, "transaction_status", None)
+    if status is not None:
+        return int(status) != 0
+    get_status = getattr(conn, "get_transaction_status", None)  # psycopg2, IDLE == 0
+    if callable(get_status):
+        return int(get_status()) != 0
+    server_status = getattr(conn, "server_status", None)  # PyMySQL: SERVER_STATUS_IN_TRANS
+    if isinstance(server_status, int):
+        return bool(server_status & 1)
+    return None
+
+
+class _TxState:
+    """One thread's (one connection's) tracking state."""
+
+    __slots__ = ("buffer", "conn", "nested", "open", "rolled_back")
+
+    def __init__(self) -> None:
+        self.buffer = KeyBuffer()
+        self.conn: Any = None
+        #: >0 while the plugin runs a statement itself: execute_sql lets it through as is.
+        self.nested = 0
+        #: a BEGIN was seen (for drivers that do not report their transaction status)
+        self.open = False
+        #: the bump failed and rolled the transaction back: peewee's rollback() may no-op
+        self.rolled_back = False
+
+    def reset(self, conn: Any) -> None:
+        self.buffer.clear()
+        self.conn = conn
+        self.open = False
+        self.rolled_back = False
+
+
+class Tracker:
+    """The plugin installed on one ``Database``."""
+
+    def __init__(self, database: peewee.Database, *, raw_sql: RawSQLPolicy,
+                 max_keys: int | None, dialect: Dialect, paramstyle: str) -> None:
+        self.db: Any = database  # (peewee 4's stubs leave most Database methods untyped)
+        self.raw_sql = raw_sql
+        self.max_keys = max_keys
+        self.dialect = dialect
+        self.paramstyle = paramstyle
+        # Mirror peewee's choice: per-thread connection state unless thread_safe=False.
+        self._local: Any = (threading.local() if database.thread_safe
+                            else types.SimpleNamespace())
+        self._saved: dict[str, Any] = {}
+        self._wrappers: dict[str, Callable[..., Any]] = {}
+        self._originals: dict[str, Callable[..., Any]] = {}
+
+    # --- install / uninstall ---------------------------------------------------------------
+
+    def wrap(self) -> None:
+        db = self.db
+        originals = {name: getattr(db, name) for name in WRAPPED}
+        self._originals = originals
+        wrappers: dict[str, Callable[..., Any]] = {
+            "execute": self._execute_wrapper(originals["execute"]),
+            "execute_sql": self._execute_sql_wrapper(originals["execute_sql"]),
+            "begin": self._begin_wrapper(originals["begin"]),
+            "commit": self._commit_wrapper(originals["commit"]),
+            "rollback": self._rollback_wrapper(originals["rollback"]),
+            "connect": self._connect_wrapper(originals["connect"]),
+            "close": self._close_wrapper(originals["close"]),
+        }
+        for name, fn in wrappers.items():
+            self._saved[name] = db.__dict__.get(name, _ABSENT)
+            setattr(db, name, fn)
+        self._wrappers = wrappers
+
+    def unwrap(self) -> None:
+        db = self.db
+        foreign = [n for n, fn in self._wrappers.items() if db.__dict__.get(n) is not fn]
+        if foreign:
+            raise ConfigurationError(
+                f"{', '.join(foreign)} of this database were replaced after "
+                "reality_peewee.install(); undo that first, so uninstall() can restore "
+                "exactly what it found"
+            )
+        for name, previous in self._saved.items():
+            if previous is _ABSENT:
+                del db.__dict__[name]
+            else:
+                setattr(db, name, previous)
+        self._saved.clear()
+        self._wrappers.clear()
+
+    # --- state -------------------------------------------------------------------------------
+
+    def state(self) -> _TxState:
+        st: _TxState | None = getattr(self._local, "state", None)
+        if st is None:
+            st = _TxState()
+            self._local.state = st
+        return st
+
+    def current_conn(self) -> Any:
+        return None if self.db.is_closed() else self.db.connection()
+
+    def bound(self) -> tuple[_TxState, Any]:
+        """The state for the current connection (opening it, as the statement would)."""
+        st = self.state()
+        conn = self.db.connection()
+        if st.conn is not conn:
+            st.reset(conn)
+        return st, conn
+
+    def in_transaction(self, st: _TxState, conn: Any) -> bool:
+        status = driver_in_transaction(conn)
+        return st.open if status is None else status
+
+    @contextlib.contextmanager
+    def own_statements(self) -> Iterator[None]:
+        st = self.state()
+        st.nested += 1
+        try:
+            yield
+        finally:
+            st.nested -= 1
+
+    # --- the write path ------------------------------------------------------------------
+
+    def write(self, run: Callable[[], Any], before: Callable[[], None] | None,
+              keys_of: Callable[[Any], set[str]]) -> Any:
+        """Run one tracked statement and buffer its keys, in a transaction of its own when
+        none is open."""
+        if self.db.is_closed() and not self.db.autoconnect:
+            return run()  # peewee refuses it: "database connection not opened"
+        st, conn = self.bound()
+        if self.in_transaction(st, conn):
+            return self._run_and_buffer(run, before, keys_of)
+        self.db.begin()
+        try:
+            result = self._run_and_buffer(run, before, keys_of)
+            if self.dialect == "sqlite" and getattr(result, "description", None) is not None:
+                # SQLite cannot COMMIT while a statement still has rows to give (INSERT ...
+                # RETURNING with returning_clause=True): read them before, hand them on after.
+                result = ReadAhead(result)
+        except BaseException:
+            # The statement's own error is the one to report.
+            with contextlib.suppress(Exception):
+                self.db.rollback()
+            raise
+        self.db.commit()
+        return result
+
+    def _run_and_buffer(self, run: Callable[[], Any], before: Callable[[], None] | None,
+                        keys_of: Callable[[Any], set[str]]) -> Any:
+        if before is not None:
+            _keys_or_fail(before)
+        result = run()
+        keys = _keys_or_fail(lambda: keys_of(result))
+        if keys:
+            st, _ = self.bound()
+            st.buffer.add(keys)
+        return result
+
+    def raw_keys(self, sql: str) -> set[str]:
+        registry.resolve_pending()
+        return registry.catalog.raw_sql_keys(sql, self.raw_sql, self.dialect)
+
+    def run_select(self, query: peewee.Query) -> list[tuple[Any, ...]]:
+        with self.own_statements():
+            return list(query.execute(self.db))
+
+    def control(self, control: TransactionControl, run: Callable[[], Any]) -> Any:
+        verb, name = control
+        if verb == "commit":
+            self.before_commit()
+            return run()
+        if verb == "rollback":
+            st = self.state()
+            st.reset(st.conn)
+            return run()
+        result = run()
+        st, _ = self.bound()
+        if verb == "begin":
+            st.reset(st.conn)
+            st.open = True
+        elif verb == "savepoint":
+            st.buffer.savepoint(name)
+        elif verb == "release":
+            st.buffer.release(name)
+        else:
+            st.buffer.rollback_savepoint(name)
+        return result
+
+    def before_commit(self) -> None:
+        """Write the bump on the connection about to COMMIT."""
+        st = self.state()
+        conn = self.current_conn()
+        if st.buffer and conn is not None and st.conn is conn:
+            keys = registry.catalog.compact(st.buffer.drain(), self.max_keys)
+            try:
+                run_bump(conn, self.dialect, keys, self.paramstyle)
+            except BaseException:
+                if driver_in_transaction(conn):
+                    # run_bump's DB-API rollback() is a no-op on an autocommit psycopg2
+                    # connection: end the transaction the way peewee does, in SQL.
+                    with contextlib.suppress(Exception):
+                        self._originals["rollback"]()
+                st.reset(conn)
+                st.rolled_back = True
+                raise
+        st.reset(conn)
+
+    # --- the wrappers ----------------------------------------------------------------------
+
+    def _execute_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def execute(query: Any, *args: Any, **kwargs: Any) -> Any:
+            if self.state().nested:
+                return original(query, *args, **kwargs)
+            plan = _keys_or_fail(lambda: plan_for(
+                query, registry, dialect=self.dialect, for_update=bool(self.db.for_update)))
+            if plan is None:
+                if _sql_may_write(query):
+                    return original(query, *args, **kwargs)  # execute_sql reads the SQL
+                with self.own_statements():
+                    return original(query, *args, **kwargs)
+
+            def run() -> Any:
+                with self.own_statements():
+                    return original(query, *args, **kwargs)
+
+            return self.write(run, lambda: plan.before(self.run_select), plan.keys)
+
+        return execute
+
+    def _execute_sql_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def execute_sql(sql: Any, params: Any = None, *args: Any, **kwargs: Any) -> Any:
+            if self.state().nested or not isinstance(sql, str):
+                return original(sql, params, *args, **kwargs)
+            control = transaction_control(sql)
+            if control is not None:
+                return self.control(control, lambda: original(sql, params, *args, **kwargs))
+            keys = self.raw_keys(sql)
+            if not keys:
+                return original(sql, params, *args, **kwargs)
+
+            def run() -> Any:
+                with self.own_statements():
+                    return original(sql, params, *args, **kwargs)
+
+            return self.write(run, None, lambda _cursor: keys)
+
+        return execute_sql
+
+    def _begin_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def begin(*args: Any, **kwargs: Any) -> Any:
+            with self.own_statements():  # peewee 3's SQLite begin() runs execute_sql
+                result = original(*args, **kwargs)
+            st = self.state()
+            st.reset(self.current_conn())
+            st.open = True
+            return result
+
+        return begin
+
+    def _commit_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def commit(*args: Any, **kwargs: Any) -> Any:
+            self.before_commit()
+            return original(*args, **kwargs)
+
+        return commit
+
+    def _rollback_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def rollback(*args: Any, **kwargs: Any) -> Any:
+            st = self.state()
+            conn = self.current_conn()
+            # After a failed bump the transaction is already rolled back; SQLite would
+            # refuse a second ROLLBACK and hide the bump's error behind its own.
+            skip = st.rolled_back and driver_in_transaction(conn) is False
+            st.reset(conn)
+            if skip:
+                return None
+            return original(*args, **kwargs)
+
+        return rollback
+
+    def _connect_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def connect(*args: Any, **kwargs: Any) -> Any:
+            opened = original(*args, **kwargs)
+            if opened:
+                self.state().reset(self.current_conn())
+            return opened
+
+        return connect
+
+    def _close_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        def close(*args: Any, **kwargs: Any) -> Any:
+            conn = self.current_conn()
+            if (conn is not None and not self.db.in_transaction()
+                    and driver_in_transaction(conn)):
+                # A connection closed (or checked into a pool) inside a transaction begun
+                # by hand: end it here. peewee 4's pools do the same at check-in; peewee 3's
+                # psycopg2 and SQLite pools hand it on dirty, so the next user would commit
+                # the abandoned writes, without their bump.
+                self.db.rollback()
+            result = original(*args, **kwargs)  # refuses inside atomic(): keys stay
+            self.state().reset(None)
+            return result
+
+        return close
+
+
+class ReadAhead:
+    """A DB-API cursor whose remaining rows were fetched ahead; everything else (description,
+    rowcount, lastrowid, close) is the cursor's own."""
+
+    def __init__(self, cursor: Any) -> None:
+        self._cursor = cursor
+        self._rows = collections.deque(cursor.fetchall())
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+    def __iter__(self) -> Iterator[Any]:
+        while self._rows:
+            yield self._rows.popleft()
+
+    def fetchone(self) -> Any:
+        return self._rows.popleft() if self._rows else None
+
+    def fetchmany(self, size: int | None = None) -> list[Any]:
+        count = size if size is not None else getattr(self._cursor, "arraysize", 1)
+        return [self._rows.popleft() for _ in range(min(count, len(self._rows)))]
+
+    def fetchall(self) -> list[Any]:
+        rows = list(self._rows)
+        self._rows.clear()
+        return rows
+
+
+def _keys_or_fail(fn: Callable[[], Any]) -> Any:
+    """Run a key computation; any failure fails the user's statement (I7)."""
+    try:
+        return fn()
+    except RealityError:
+        raise
+    except Exception as exc:
+        raise WritePathError(f"Reality could not compute the keys of a write: {exc}") from exc
+
+
+def _sql_may_write(query: Any) -> bool:
+    """Whether a query the plans do not cover must have its SQL text read: raw queries,
+    statements with CTEs (``WITH x AS (UPDATE ...)``), writes to a target that is neither
+    a model nor a ``Table`` (an alias...). A plain SELECT, or a write to an untracked
+    model, is let through unread."""
+    if getattr(query, "_cte_list", None):
+        return True
+    if isinstance(query, peewee.SelectBase):
+        return False
+    if isinstance(query, (peewee.Insert, peewee.Update, peewee.Delete)):
+        table = query.table
+        named = isinstance(table, peewee.Table) or (
+            isinstance(table, type) and issubclass(table, peewee.Model))
+        return not named
+    return True
+
+
