@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,12 +70,15 @@ class Settings:
 class _ConnState:
     """Per-connection tracking state: the key buffer and the session that owns it."""
 
-    __slots__ = ("buffer", "dialect", "session")
+    __slots__ = ("buffer", "current", "dialect", "session")
 
     def __init__(self, conn: Connection) -> None:
         self.buffer = KeyBuffer()
         self.dialect = normalize_dialect(conn.dialect.name)
         self.session: weakref.ref[Session] | None = None
+        #: Template columns as the database holds them, read just before an UPDATE/DELETE
+        #: of an object: (id(object), table) -> column values.
+        self.current: dict[tuple[int, str], dict[str, Any]] = {}
 
 
 def _state(conn: Connection) -> _ConnState | None:
@@ -122,23 +125,63 @@ def _images(tracked: Tracked, target: Any, op: str) -> tuple[dict[str, Any] | No
     return new, old
 
 
+def _tracked_tables(mapper: Mapper[Any]) -> Iterator[Tracked]:
+    for m in mapper.iterate_to_root():
+        local = m.local_table
+        if isinstance(local, sa.Table):
+            tracked = registry.get(table_name(local))
+            if tracked is not None and tracked.mapped:
+                yield tracked
+
+
+def _read_current(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
+    """Before a unit-of-work UPDATE/DELETE, read the row's template columns as the database
+    holds them, locking the row (``FOR UPDATE``; SQLite has one writer anyway).
+
+    The loaded values can be stale: another transaction may have moved the row to another
+    room since this session loaded it, and then that room's key must move too (I5). Only
+    models with key templates pay this extra statement.
+    """
+    state = _state(connection)
+    if state is None:
+        return
+    identity = sa.inspect(target).key
+    if identity is None:
+        return
+    for tracked in _tracked_tables(mapper):
+        decl = tracked.declaration
+        if not decl.templates:
+            continue
+        table = tracked.table
+        pk_values = dict(zip((c.key for c in mapper.primary_key), identity[1], strict=False))
+        if not all(c.key in pk_values for c in table.primary_key.columns):
+            continue
+        columns = [table.c[name] for name in sorted(decl.template_columns)]
+        query = sa.select(*columns).where(
+            *(c == pk_values[c.key] for c in table.primary_key.columns)
+        ).with_for_update()
+        row = connection.execute(query).mappings().first()
+        if row is not None:
+            current = dict(row)
+            current.update({c.key: pk_values[c.key] for c in table.primary_key.columns})
+            state.current[(id(target), decl.table)] = current
+
+
 def _mapper_listener(op: str) -> Any:
     def listener(mapper: Mapper[Any], connection: Connection, target: Any) -> None:
         state = _state(connection)
         if state is None:
             return
         keys: set[str] = set()
-        for m in mapper.iterate_to_root():
-            local = m.local_table
-            if not isinstance(local, sa.Table):
-                continue
-            tracked = registry.get(table_name(local))
-            if tracked is None or not tracked.mapped:
-                continue
+        for tracked in _tracked_tables(mapper):
+            decl = tracked.declaration
             new, old = _images(tracked, target, op)
-            keys |= tracked.declaration.keys_for_row(new, old)
+            keys |= decl.keys_for_row(new, old)
+            current = state.current.pop((id(target), decl.table), None)
+            if current is not None:
+                keys |= decl.keys_for_row(None, current)
             if op == "delete":
-                keys |= _cascade_keys(tracked.declaration.table)
+                keys |= _cascade_keys(decl.table)
         state.buffer.add(keys)
 
     return listener
@@ -229,6 +272,8 @@ class _Plugin:
         self.engines: dict[int, Engine] = {}
         self.settings = Settings()
         self.mapper_listeners = [
+            ("before_update", _read_current),
+            ("before_delete", _read_current),
             ("after_insert", _mapper_listener("insert")),
             ("after_update", _mapper_listener("update")),
             ("after_delete", _mapper_listener("delete")),

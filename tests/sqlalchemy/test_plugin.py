@@ -456,3 +456,23 @@ def test_large_transactions_escalate_past_max_keys(db: Any) -> None:
         conn.close()
     with pytest.raises(ConfigurationError, match="max_keys"):
         reality_sqlalchemy.Settings(max_keys=0)
+
+
+def test_i5_a_row_moved_by_another_transaction_bumps_its_current_room(pg_db: Any) -> None:
+    """The session loaded order 1 in room 1; another transaction moved it to room 2 and
+    committed. Updating the stale object must bump room 2, where the row really is. (On
+    SQLite the other writer cannot commit while the session's transaction is open.)"""
+    _, engine, reader = pg_db
+    S = sessionmaker(engine)
+    reality_sqlalchemy.install(S)
+    seed(S, 1)
+    with S() as stale:
+        order = stale.get_one(Order, 1)
+        assert order.room_id == 1
+        with engine.begin() as other:  # not through the plugin: a writer we cannot see
+            other.execute(sa.update(Order).where(Order.id == 1).values(room_id=2))
+        before = versions(reader, "room:1", "room:2")
+        order.total = 42
+        stale.commit()
+    after = versions(reader, *before)
+    assert after["room:2"] == before["room:2"] + 1, "the row's real room did not move"
