@@ -29,6 +29,9 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
+from reality_core.reader import DBAPIReader
+from reality_core.urls import DatabaseURL
+
 
 class Harness(Protocol):
     #: "sqlalchemy" | "peewee" | "tortoise"
@@ -111,3 +114,27 @@ class Harness(Protocol):
 
 
 HarnessFactory = AsyncIterator[Harness]
+
+
+class IndependentReads:
+    """Reads from connections of their own, never the harness's transaction."""
+
+    def __init__(self, url: str) -> None:
+        parsed = DatabaseURL.parse(url)
+        self.reader = DBAPIReader.from_url(parsed.with_driver(None))
+        self._url = parsed
+
+    async def versions(self, *keys: str) -> dict[str, int]:
+        snap = self.reader.read(keys)
+        return {k: snap.version(k) for k in keys}
+
+    async def count_orders(self) -> int:
+        conn = self._url.dbapi_connect()
+        try:
+            cur = conn.cursor()
+            cur.execute("SELECT count(*) FROM orders")
+            (n,) = cur.fetchone()
+            return int(n)
+        finally:
+            conn.close()
+

@@ -18,7 +18,7 @@ from playhouse.pool import PooledMySQLDatabase, PooledPostgresqlDatabase, Pooled
 import reality_peewee
 from reality_core.store import OWN_TABLES
 from reality_core.urls import DatabaseURL
-from tests.contract.sqlalchemy_harness import _Reads as Reads  # reads are ORM-free
+from tests.contract.harness import IndependentReads as Reads  # reads are ORM-free
 
 PostTagThrough = peewee.DeferredThroughModel()
 

@@ -21,8 +21,8 @@ from sqlalchemy.orm import (
 )
 
 import reality_sqlalchemy
-from reality_core.reader import DBAPIReader
 from reality_core.urls import DatabaseURL
+from tests.contract.harness import IndependentReads
 
 
 class Base(DeclarativeBase):
@@ -94,29 +94,6 @@ def _upsert(dialect: str, rows: Sequence[tuple[int, int | None, int]]) -> Any:
     )
 
 
-class _Reads:
-    """Reads from connections of their own, never the harness's transaction."""
-
-    def __init__(self, url: str) -> None:
-        parsed = DatabaseURL.parse(url)
-        self.reader = DBAPIReader.from_url(parsed.with_driver(None))
-        self._url = parsed
-
-    async def versions(self, *keys: str) -> dict[str, int]:
-        snap = self.reader.read(keys)
-        return {k: snap.version(k) for k in keys}
-
-    async def count_orders(self) -> int:
-        conn = self._url.dbapi_connect()
-        try:
-            cur = conn.cursor()
-            cur.execute("SELECT count(*) FROM orders")
-            (n,) = cur.fetchone()
-            return int(n)
-        finally:
-            conn.close()
-
-
 def _add(s: Session, obj: Any) -> None:
     s.add(obj)
 
@@ -149,7 +126,7 @@ def _bump(s: Session, key: str) -> None:
     reality_sqlalchemy.bump(s, key)
 
 
-class _Ops(_Reads):
+class _Ops(IndependentReads):
     """Every write as a function of a sync ``Session``, run by ``_run`` in the current
     block (or in a transaction of its own when none is open)."""
 

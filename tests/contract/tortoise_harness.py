@@ -18,7 +18,7 @@ from tortoise.transactions import in_transaction
 import reality_tortoise
 from reality_core.catalog import RawSQLPolicy
 from reality_core.urls import DatabaseURL
-from tests.contract.sqlalchemy_harness import _Reads as Reads  # reads are ORM-free
+from tests.contract.harness import IndependentReads as Reads  # reads are ORM-free
 
 
 class Order(Model):
