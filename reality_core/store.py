@@ -278,6 +278,10 @@ def fold(dbapi_conn: Any, dialect: Dialect, paramstyle: str, batch: int = FOLD_B
         ph = Placeholders(paramstyle)
         limit = ph.next("n", batch)
         lock = " FOR UPDATE SKIP LOCKED" if dialect == "mysql" else ""
+        if dialect == "mysql":
+            # READ COMMITTED takes no gap locks, so the fold's locking read and DELETE never
+            # block (or deadlock with) writers appending to the log under REPEATABLE READ.
+            cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
         cur.execute("BEGIN IMMEDIATE" if dialect == "sqlite" else "START TRANSACTION")
         cur.execute(
             f"SELECT id, key_name, created_at FROM {LOG_TABLE} ORDER BY id LIMIT {limit}{lock}",
