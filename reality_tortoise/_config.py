@@ -60,6 +60,7 @@ def _expanded(name: str, value: Any) -> dict[str, Any]:
 
 
 def install(config: Any, *, raw_sql: RawSQLPolicy = "conservative",
+            max_keys: int | None = 1000,
             connections: Iterable[str] | None = None) -> dict[str, Any]:
     """A copy of a Tortoise config in which ``connections`` (default: all) use Reality's
     engines, so every write through them bumps the keys of tracked models.
@@ -72,10 +73,10 @@ def install(config: Any, *, raw_sql: RawSQLPolicy = "conservative",
 
     Takes a config dict or a ``TortoiseConfig``; returns a dict. URL connections come back
     expanded to ``{"engine": ..., "credentials": ...}``. Installing twice changes nothing
-    (but the settings); :func:`uninstall` gives Tortoise's own engines back. ``raw_sql`` is
-    described in :class:`Settings`. The config is not modified.
+    (but the settings); :func:`uninstall` gives Tortoise's own engines back. ``raw_sql`` and
+    ``max_keys`` are described in :class:`Settings`. The config is not modified.
     """
-    settings = Settings(raw_sql=raw_sql)
+    settings = Settings(raw_sql=raw_sql, max_keys=max_keys)
     out = _as_dict(config)
     conns: dict[str, Any] = dict(out["connections"])
     names = list(conns) if connections is None else list(connections)
@@ -116,8 +117,8 @@ def uninstall(config: Any) -> dict[str, Any]:
     return out
 
 
-def connection_config(url: str | DatabaseURL, *,
-                      raw_sql: RawSQLPolicy = "conservative") -> dict[str, Any]:
+def connection_config(url: str | DatabaseURL, *, raw_sql: RawSQLPolicy = "conservative",
+                      max_keys: int | None = 1000) -> dict[str, Any]:
     """A Tortoise connection entry, with a Reality engine, for a database URL in the usual
     (SQLAlchemy) spelling: ``postgresql+asyncpg://...`` or ``postgresql+psycopg://...``
     (plain ``postgresql://`` picks asyncpg, as Tortoise does), ``sqlite:///path.db``.
@@ -128,7 +129,7 @@ def connection_config(url: str | DatabaseURL, *,
                   "apps": {"models": {"models": ["app.models"]}}}
     """
     parsed = url if isinstance(url, DatabaseURL) else DatabaseURL.parse(url)
-    settings = Settings(raw_sql=raw_sql).as_dict()
+    settings = Settings(raw_sql=raw_sql, max_keys=max_keys).as_dict()
     if parsed.dialect == "sqlite":
         credentials: dict[str, Any] = {"file_path": parsed.database or ":memory:",
                                         SETTINGS_KEY: settings}

@@ -50,7 +50,7 @@ from tortoise.backends.base.executor import BaseExecutor
 from tortoise.queryset import QuerySet
 
 from reality_core.buffer import KeyBuffer
-from reality_core.catalog import RawSQLPolicy, check_raw_sql_policy
+from reality_core.catalog import RawSQLPolicy, check_max_keys, check_raw_sql_policy
 from reality_core.store import Dialect, bump_failed, bump_statements
 
 from ._declarations import TortoiseCatalog, TrackedTable, generation
@@ -83,15 +83,20 @@ class Settings:
     attribute to tables (``DO`` blocks, ``CALL``...): ``"conservative"`` bumps every tracked
     table's keys, ``"strict"`` raises :class:`~reality_core.errors.UnsupportedStatementError`,
     failing the transaction. Neither skips silently.
+
+    ``max_keys``: past this many keys of one kind in one transaction (row keys of a table,
+    keys of a template), the kind escalates to its marker instead (``None``: never).
     """
 
     raw_sql: RawSQLPolicy = "conservative"
+    max_keys: int | None = 1000
 
     def __post_init__(self) -> None:
         check_raw_sql_policy(self.raw_sql)
+        check_max_keys(self.max_keys)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"raw_sql": self.raw_sql}
+        return {"raw_sql": self.raw_sql, "max_keys": self.max_keys}
 
 
 class _TransactionEnded(Exception):
@@ -288,7 +293,9 @@ class RealityTransaction(_Statements, TransactionalDBClient):
         # spawned) finishes, and its keys are in the buffer, before the bump is written.
         async with self._lock:
             try:
-                keys = self._reality_buffer.drain()
+                client = self._reality_client()
+                keys = client._reality_catalog().core.compact(
+                    self._reality_buffer.drain(), client.reality_settings.max_keys)
                 if keys:
                     await self._reality_bump(keys)
                 await self._wrapped("commit")
