@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from .errors import ConfigurationError, UnsupportedStatementError
 from .keys import ROW_PREFIX, Declaration, escalation_key
@@ -33,6 +34,31 @@ def check_max_keys(value: object) -> int | None:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ConfigurationError(f"max_keys must be a positive int or None, not {value!r}")
     return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Write-path settings every plugin takes at install.
+
+    ``raw_sql``: what to do with raw SQL that changes data in a way the parser cannot
+    attribute to tables (``DO`` blocks, ``CALL``...): ``"conservative"`` bumps every tracked
+    table's keys, ``"strict"`` raises :class:`~reality_core.errors.UnsupportedStatementError`,
+    failing the transaction. Neither skips silently.
+
+    ``max_keys``: past this many keys of one kind in one transaction (row keys of a table,
+    keys of a template), the kind escalates to its marker instead (``None``: never); see
+    :meth:`Catalog.compact`.
+    """
+
+    raw_sql: RawSQLPolicy = "conservative"
+    max_keys: int | None = 1000
+
+    def __post_init__(self) -> None:
+        check_raw_sql_policy(self.raw_sql)
+        check_max_keys(self.max_keys)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"raw_sql": self.raw_sql, "max_keys": self.max_keys}
 
 
 class Catalog:

@@ -58,8 +58,10 @@ if int(_sa.__version__.split(".")[0]) < 2:  # pragma: no cover
         "pip install -U 'reality-sync[sqlalchemy]'"
     )
 
+from reality_core.catalog import Settings
+
 from ._declarations import registry, track, track_table
-from ._plugin import Settings, abump, bump, install, installed, uninstall
+from ._plugin import abump, bump, install, installed, uninstall
 from .engines import enable_sqlite_savepoints, version_reader
 from .schema import (
     acreate_tables,

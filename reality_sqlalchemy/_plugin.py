@@ -22,7 +22,6 @@ import logging
 import threading
 import weakref
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -33,7 +32,7 @@ from sqlalchemy.orm import Mapper, Session, sessionmaker
 from sqlalchemy.sql import dml, elements
 
 from reality_core.buffer import KeyBuffer
-from reality_core.catalog import RawSQLPolicy, check_max_keys, check_raw_sql_policy
+from reality_core.catalog import RawSQLPolicy, Settings
 from reality_core.errors import ConfigurationError, WritePathError
 from reality_core.keys import MISSING, validate_key
 from reality_core.store import normalize_dialect, run_bump
@@ -44,27 +43,6 @@ log = logging.getLogger("reality.sqlalchemy")
 
 _STATE_ATTR = "_reality_state"
 _FLUSHING = "reality.flushing"
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Settings:
-    """Plugin settings, fixed at :func:`install`.
-
-    ``raw_sql``: what to do with raw SQL that changes data in a way the parser cannot
-    attribute to tables (``DO`` blocks, ``CALL``...): ``"conservative"`` bumps every tracked
-    table's keys, ``"strict"`` raises :class:`UnsupportedStatementError`, failing the
-    transaction. Neither skips silently.
-
-    ``max_keys``: past this many keys of one kind in one transaction (row keys of a table,
-    keys of a template), the kind escalates to its marker instead (``None``: never).
-    """
-
-    raw_sql: RawSQLPolicy = "conservative"
-    max_keys: int | None = 1000
-
-    def __post_init__(self) -> None:
-        check_raw_sql_policy(self.raw_sql)
-        check_max_keys(self.max_keys)
 
 
 class _ConnState:

@@ -109,11 +109,12 @@ if tuple(int(p) for p in _tortoise.__version__.split(".")[:2] if p.isdigit()) < 
         "pip install -U 'reality-sync[tortoise]'"
     )
 
+from reality_core.catalog import Settings
+
 from ._api import bump, version_reader
 from ._config import connection_config, install, installed, uninstall
 from ._declarations import Track, track, untrack
 from ._schema import CreateRealityTables, create_tables
-from ._tracking import Settings
 
 __all__ = [
     "CreateRealityTables",

@@ -17,11 +17,11 @@ from typing import Any, Final
 
 from tortoise.backends.base.config_generator import expand_db_url
 
-from reality_core.catalog import RawSQLPolicy
+from reality_core.catalog import RawSQLPolicy, Settings
 from reality_core.errors import ConfigurationError
 from reality_core.urls import DatabaseURL
 
-from ._tracking import RealityClient, RealityTransaction, Settings
+from ._tracking import RealityClient, RealityTransaction
 
 #: Tortoise's engine -> Reality's engine for the same driver.
 ENGINES: Final[Mapping[str, str]] = {

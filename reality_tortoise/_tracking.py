@@ -36,7 +36,6 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 from tortoise.backends.base.client import (
@@ -50,7 +49,7 @@ from tortoise.backends.base.executor import BaseExecutor
 from tortoise.queryset import QuerySet
 
 from reality_core.buffer import KeyBuffer
-from reality_core.catalog import RawSQLPolicy, check_max_keys, check_raw_sql_policy
+from reality_core.catalog import Settings
 from reality_core.store import Dialect, bump_failed, bump_statements
 
 from ._declarations import TortoiseCatalog, TrackedTable, generation
@@ -73,30 +72,6 @@ def _counted(value: bool = True) -> Iterator[None]:
         yield
     finally:
         _COUNTED.reset(token)
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class Settings:
-    """Per-connection settings, given to :func:`~reality_tortoise.install`.
-
-    ``raw_sql``: what to do with raw SQL that changes data in a way the parser cannot
-    attribute to tables (``DO`` blocks, ``CALL``...): ``"conservative"`` bumps every tracked
-    table's keys, ``"strict"`` raises :class:`~reality_core.errors.UnsupportedStatementError`,
-    failing the transaction. Neither skips silently.
-
-    ``max_keys``: past this many keys of one kind in one transaction (row keys of a table,
-    keys of a template), the kind escalates to its marker instead (``None``: never).
-    """
-
-    raw_sql: RawSQLPolicy = "conservative"
-    max_keys: int | None = 1000
-
-    def __post_init__(self) -> None:
-        check_raw_sql_policy(self.raw_sql)
-        check_max_keys(self.max_keys)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"raw_sql": self.raw_sql, "max_keys": self.max_keys}
 
 
 class _TransactionEnded(Exception):

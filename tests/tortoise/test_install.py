@@ -39,7 +39,8 @@ def test_install_swaps_engines_and_leaves_its_input_alone() -> None:
     default = installed["connections"]["default"]
     assert default["engine"] == "reality_tortoise.backends.asyncpg"
     expected = expand_db_url(CONFIG["connections"]["default"])["credentials"]
-    assert default["credentials"] == {**expected, "reality": {"raw_sql": "strict", "max_keys": 1000}}
+    settings = {"raw_sql": "strict", "max_keys": 1000}
+    assert default["credentials"] == {**expected, "reality": settings}
     assert installed["connections"]["files"]["engine"] == "reality_tortoise.backends.sqlite"
     assert installed["apps"] == CONFIG["apps"]
 
@@ -90,7 +91,8 @@ def test_install_refuses_an_unknown_raw_sql_policy() -> None:
 def test_connection_config(url: str, engine: str, credentials: dict[str, Any]) -> None:
     got = reality_tortoise.connection_config(url)
     assert got == {"engine": f"reality_tortoise.backends.{engine}",
-                   "credentials": {**credentials, "reality": {"raw_sql": "conservative", "max_keys": 1000}}}
+                   "credentials": {**credentials,
+                                   "reality": {"raw_sql": "conservative", "max_keys": 1000}}}
 
 
 @pytest.mark.parametrize("url", ["postgresql+pg8000://u@h/d", "mysql://root@h/d"])
