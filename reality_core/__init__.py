@@ -4,6 +4,7 @@ protocol. Imports no ORM; the plugins (``reality_sqlalchemy``...) build on it.""
 from __future__ import annotations
 
 from .buffer import KeyBuffer
+from .cors import CORSPolicy
 from .errors import (
     ConfigurationError,
     DeclarationError,
@@ -26,6 +27,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Authorizer",
+    "CORSPolicy",
     "ConfigurationError",
     "DBAPIReader",
     "DatabaseURL",

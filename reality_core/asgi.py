@@ -8,6 +8,11 @@ Example::
     app = SyncASGIApp(SyncService(DBAPIReader.from_url(url)), base="/reality")
     # POST /reality/sync, GET /reality/health
 
+``cors`` (a :class:`~reality_core.cors.CORSPolicy`) opts in to cross-origin calls; without it
+no CORS header is ever sent. ``max_in_flight`` bounds the sync requests handled at once per
+process: the next one is answered 503 ``overloaded`` with ``Retry-After: 1`` at once, before
+its body is read or the database touched, and service resumes as soon as requests finish.
+
 Mount it inside another ASGI app (Starlette ``Mount``, FastAPI ``app.mount``) or serve it
 alone (``reality serve``). Store reads run in a worker thread, so a slow database never
 blocks the event loop. The body is read incrementally and refused with 413 as soon as it
@@ -20,6 +25,7 @@ import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+from .cors import CORSPolicy
 from .errors import ConfigurationError
 from .sync import Response, SyncService, error_response
 
@@ -38,11 +44,30 @@ def normalize_base(base: str) -> str:
 class SyncASGIApp:
     """``POST {base}/sync`` and ``GET {base}/health``; everything else is a 404 problem."""
 
-    def __init__(self, service: SyncService, *, base: str = "/reality") -> None:
+    def __init__(
+        self,
+        service: SyncService,
+        *,
+        base: str = "/reality",
+        cors: CORSPolicy | None = None,
+        max_in_flight: int | None = 256,
+    ) -> None:
         if not isinstance(service, SyncService):
             raise ConfigurationError(f"service must be a SyncService, not {service!r}")
+        if cors is not None and not isinstance(cors, CORSPolicy):
+            raise ConfigurationError(f"cors must be a reality_core.CORSPolicy, not {cors!r}")
+        if max_in_flight is not None and (
+            isinstance(max_in_flight, bool) or not isinstance(max_in_flight, int)
+            or max_in_flight < 1
+        ):
+            raise ConfigurationError(
+                f"max_in_flight must be a positive int or None, not {max_in_flight!r}"
+            )
         self.service = service
         self.base = normalize_base(base)
+        self.cors = cors
+        self.max_in_flight = max_in_flight
+        self._in_flight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -56,12 +81,28 @@ class SyncASGIApp:
         if root and path.startswith(root):
             path = path[len(root):]
         method: str = scope.get("method", "GET")
-        if path == f"{self.base}/sync":
+        origin = _header(scope, b"origin")
+        if method == "OPTIONS" and self.cors is not None and path in (
+            f"{self.base}/sync", f"{self.base}/health"
+        ):
+            preflight = Response(204, b"", headers=self.cors.headers(origin, preflight=True))
+            await _send(send, preflight)
+            return
+        if path == f"{self.base}/sync" and method == "POST" and self.max_in_flight is not None \
+                and self._in_flight >= self.max_in_flight:
+            # Shed at once, before reading the body or touching the database.
+            response = error_response(503, "overloaded", "too many sync requests; retry soon",
+                                      (("retry-after", "1"),))
+        elif path == f"{self.base}/sync":
             if method != "POST":
                 response = error_response(405, "method_not_allowed", "use POST for sync",
                                           (("allow", "POST"),))
             else:
-                received = await self._sync(scope, receive)
+                self._in_flight += 1
+                try:
+                    received = await self._sync(scope, receive)
+                finally:
+                    self._in_flight -= 1
                 if received is None:
                     return  # the client went away: nobody to answer
                 response = received
@@ -73,6 +114,10 @@ class SyncASGIApp:
                 response = await asyncio.to_thread(self.service.health)
         else:
             response = error_response(404, "not_found", f"no such endpoint: {path[:200]}")
+        if self.cors is not None:
+            extra = self.cors.headers(origin, preflight=False)
+            response = Response(response.status, response.body, response.content_type,
+                                response.headers + extra)
         await _send(send, response, head=method == "HEAD")
 
     async def _sync(self, scope: Scope, receive: Receive) -> Response | None:
@@ -107,6 +152,13 @@ class SyncASGIApp:
         return await asyncio.to_thread(
             self.service.handle, body, headers.get("content-type"), headers
         )
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
 
 
 def parse_content_length(value: str) -> int | None:
