@@ -18,6 +18,7 @@ from .urls import DatabaseURL
 log = logging.getLogger("reality.reader")
 
 Connect = Callable[[], Any]
+READ_TIMEOUT_MS = 3000
 
 _MISSING_TABLE_HINTS = ("no such table", "does not exist", "doesn't exist", "undefined table")
 
@@ -69,7 +70,10 @@ class DBAPIReader:
         cls, url: str | DatabaseURL, *, pool_size: int = 4, fold_threshold: int | None = 1000
     ) -> DBAPIReader:
         parsed = url if isinstance(url, DatabaseURL) else DatabaseURL.parse(url)
-        return cls(parsed.dbapi_connect, paramstyle=parsed.paramstyle, dialect=parsed.dialect,
+        # Reads must answer quickly or fail: a lock on the version table gives a 503 after
+        # READ_TIMEOUT_MS, not a request held open.
+        return cls(lambda: parsed.dbapi_connect(timeout_ms=READ_TIMEOUT_MS),
+                   paramstyle=parsed.paramstyle, dialect=parsed.dialect,
                    pool_size=pool_size, description=parsed.render(hide_password=True),
                    fold_threshold=fold_threshold)
 

@@ -157,9 +157,11 @@ class DatabaseURL:
         """The paramstyle of the connections :meth:`dbapi_connect` opens."""
         return "qmark" if self.dialect == "sqlite" else "format"
 
-    def dbapi_connect(self) -> Any:
+    def dbapi_connect(self, *, timeout_ms: int | None = None) -> Any:
         """Open a synchronous DB-API connection in autocommit mode. The driver is imported
-        here so the core needs none at import time."""
+        here so the core needs none at import time. ``timeout_ms`` bounds every statement
+        (and lock wait) on the connection, so a locked table makes a read fail instead of
+        hanging."""
         q = dict(self.query)
         if self.dialect == "sqlite":
             import sqlite3
@@ -176,7 +178,10 @@ class DatabaseURL:
                 raise ConfigurationError(
                     "reading PostgreSQL needs psycopg: pip install 'reality-sync[postgres]'"
                 ) from exc
-            return psycopg.connect(self.libpq(), autocommit=True, connect_timeout=connect_timeout)
+            options = (f"-c statement_timeout={timeout_ms} -c lock_timeout={timeout_ms}"
+                       if timeout_ms else None)
+            return psycopg.connect(self.libpq(), autocommit=True, connect_timeout=connect_timeout,
+                                   options=options)
         try:
             import pymysql
         except ImportError as exc:
@@ -188,6 +193,7 @@ class DatabaseURL:
             # PyMySQL encodes a str password as latin-1; the server hashed the UTF-8 bytes.
             password=(self.password or "").encode("utf-8"), database=self.database,
             autocommit=True, connect_timeout=connect_timeout, charset="utf8mb4",
+            read_timeout=max(1, timeout_ms // 1000) if timeout_ms else None,
         )
 
     def _number(self, query: dict[str, str], name: str, default: float) -> float:

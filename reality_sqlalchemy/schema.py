@@ -108,8 +108,5 @@ def migrations_path() -> Path:
     Put ``reality_sqlalchemy:migrations`` in ``version_locations`` of your ``alembic.ini``
     (alembic resolves ``package:path`` against the installed package), or this path.
     """
-    packaged = Path(str(resources.files("reality_sqlalchemy"))) / "migrations"
-    if packaged.is_dir():
-        return packaged
-    # A source checkout keeps the revisions at the repository root.
-    return Path(__file__).resolve().parent.parent / "migrations"
+    # In a source checkout this is a symlink to the repository's migrations/ directory.
+    return Path(str(resources.files("reality_sqlalchemy"))) / "migrations"

@@ -891,3 +891,22 @@ def test_sqlite_reader_handles_concurrent_requests(sqlite_store: Store, runner: 
     assert {tuple(versions_of(r).items()) for r in responses} == {
         (("concurrent", sqlite_store.version("concurrent")),),
     }
+
+
+def test_a_locked_version_table_gives_503_not_a_hung_request(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    for pg in open_store(request, tmp_path, "postgresql"):
+        locker = pg.url.dbapi_connect()
+        locker.autocommit = False
+        reader = pg.reader()
+        try:
+            locker.cursor().execute("LOCK TABLE reality_versions IN ACCESS EXCLUSIVE MODE")
+            service = SyncService(reader)
+            response = service.handle(b'{"known": {"a": 0}}', "application/json")
+            assert response.status == 503
+            assert ("retry-after", "2") in response.headers
+        finally:
+            locker.rollback()
+            locker.close()
+            reader.close()
