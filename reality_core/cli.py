@@ -126,10 +126,23 @@ def _migrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _existing_store(raw: str) -> DatabaseURL:
+    """The URL of a store that must exist already: an SQLite path that does not is an
+    error here, not a new empty file."""
+    from pathlib import Path
+
+    from .errors import StoreError
+
+    url = DatabaseURL.parse(raw)
+    if url.dialect == "sqlite" and (not url.database or not Path(url.database).exists()):
+        raise StoreError(f"no SQLite database at {url.database or ':memory:'!r}")
+    return url
+
+
 def _fold(args: argparse.Namespace) -> int:
     from .reader import DBAPIReader
 
-    reader = DBAPIReader.from_url(args.database_url, fold_threshold=None)
+    reader = DBAPIReader.from_url(_existing_store(args.database_url), fold_threshold=None)
     try:
         moved = reader.fold()
     finally:
@@ -142,14 +155,19 @@ def _reset_epoch(args: argparse.Namespace) -> int:
     from .errors import StoreError
     from .store import reset_epoch_statement
 
-    url = DatabaseURL.parse(args.database_url)
+    url = _existing_store(args.database_url)
     try:
         conn = url.dbapi_connect()
     except Exception as exc:
         raise StoreError(f"cannot connect: {exc}") from exc
     try:
         cur = conn.cursor()
-        cur.execute(*reset_epoch_statement(url.paramstyle))
+        try:
+            cur.execute(*reset_epoch_statement(url.paramstyle))
+        except Exception as exc:
+            raise StoreError(
+                f"cannot reset the epoch ({exc}); create the tables first (reality migrate)"
+            ) from exc
         changed = cur.rowcount
         conn.commit()
     finally:

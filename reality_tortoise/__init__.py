@@ -25,7 +25,7 @@ Declare keys on your models, pass your config through :func:`install`, and write
         "apps": {"models": {"models": ["app.models"]}},
     })
     await Tortoise.init(config=TORTOISE_ORM)
-    await Tortoise.generate_schemas()      # creates Reality's two tables too
+    await Tortoise.generate_schemas()      # creates Reality's tables too
 
     async with in_transaction():
         await Message.create(room_id=7, body="hi")

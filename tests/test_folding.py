@@ -232,3 +232,19 @@ def test_cli_reset_epoch(store: Store, capsys: pytest.CaptureFixture[str]) -> No
         assert reader.read(["a"]).epoch == store.epoch
     finally:
         reader.close()
+
+
+def test_cli_refuses_missing_stores_without_creating_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "nope.db"
+    for command in ("fold", "reset-epoch"):
+        assert cli_main([command, "--database-url", f"sqlite:///{missing}"]) == 1
+        assert "no SQLite database" in capsys.readouterr().err
+    assert not missing.exists()
+    empty = tmp_path / "empty.db"
+    import sqlite3
+
+    sqlite3.connect(empty).close()
+    assert cli_main(["reset-epoch", "--database-url", f"sqlite:///{empty}"]) == 1
+    assert "reality migrate" in capsys.readouterr().err
