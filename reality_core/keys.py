@@ -110,13 +110,17 @@ class KeyTemplate:
     prefix: str
 
     @classmethod
-    def parse(cls, pattern: str, *, owner: str, columns: Iterable[str]) -> KeyTemplate:
+    def parse(
+        cls, pattern: str, *, owner: str, columns: Iterable[str] | None
+    ) -> KeyTemplate:
+        """Parse and check ``pattern``. ``columns=None`` checks everything but the column
+        names (for ORMs that declare keys before their model's fields are known)."""
         if not isinstance(pattern, str):
             raise DeclarationError(
                 f"{owner}: a key template must be a string like 'room:{{room_id}}', "
                 f"not {type(pattern).__name__}"
             )
-        known = set(columns)
+        known = set(columns) if columns is not None else None
         fields: list[str] = []
         prefix: str | None = None
         try:
@@ -142,10 +146,10 @@ class KeyTemplate:
                     f"{owner}: key template {pattern!r} uses a format spec or conversion on "
                     f"{{{name}}}; only plain {{column}} placeholders are supported"
                 )
-            if name not in known:
+            if known is not None and name not in known:
                 raise DeclarationError(
                     f"{owner}: key template {pattern!r} names column {name!r}, which {owner} "
-                    f"does not have (columns: {', '.join(sorted(known))})"
+                    f"does not have (columns: {', '.join(sorted(known or ()))})"
                 )
             if name not in fields:
                 fields.append(name)

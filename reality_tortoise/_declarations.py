@@ -16,7 +16,7 @@ from tortoise.models import Model
 
 from reality_core.catalog import Catalog, RawSQLPolicy
 from reality_core.errors import DeclarationError
-from reality_core.keys import MISSING, Declaration, declare
+from reality_core.keys import MISSING, Declaration, KeyTemplate, declare
 from reality_core.rawsql import matches, written_tables
 from reality_core.store import OWN_TABLES, Dialect
 
@@ -56,6 +56,10 @@ class Track:
                 f"not the single string {self.keys!r}"
             )
         object.__setattr__(self, "keys", tuple(self.keys))
+        # The fields are not known yet (Meta is read before them): check all but the names
+        # now, so a malformed template fails at import, not at the first write.
+        for pattern in self.keys:
+            KeyTemplate.parse(pattern, owner="Track", columns=None)
 
 
 _EXPLICIT: weakref.WeakKeyDictionary[type[Model], Track] = weakref.WeakKeyDictionary()

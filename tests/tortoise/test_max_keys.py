@@ -57,3 +57,15 @@ async def test_a_large_transaction_escalates_row_keys_past_max_keys(db: str) -> 
 def test_max_keys_is_validated() -> None:
     with pytest.raises(ConfigurationError, match="max_keys"):
         reality_tortoise.Settings(max_keys=0)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [("{id}", "literal"), ("$x:{id}", "reserved"), ("room:{id!r}", "format spec"),
+     ("room:{", "malformed")],
+)
+def test_malformed_templates_fail_at_declaration(pattern: str, message: str) -> None:
+    from reality_core.errors import DeclarationError
+
+    with pytest.raises(DeclarationError, match=message):
+        reality_tortoise.Track(keys=[pattern])
