@@ -511,10 +511,12 @@ def _buffer_for(conn: Connection) -> KeyBuffer:
         )
     state = _state(conn)
     if state is None:
-        if not _plugin.targets:
-            raise ConfigurationError("bump() needs reality_sqlalchemy.install(...) first")
-        _plugin.instrument_engine(conn.engine)
-        state = _ensure_state(conn)
+        # Only sessions (and engines) the plugin is installed on get their bumps written at
+        # COMMIT; recording a key anywhere else would be a bump that silently never happens.
+        raise ConfigurationError(
+            "bump(): the plugin is not installed on this session's factory or engine; "
+            "call reality_sqlalchemy.install(...) on it first"
+        )
     return state.buffer
 
 

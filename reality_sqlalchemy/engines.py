@@ -47,6 +47,11 @@ def version_reader(engine: sa.Engine | AsyncEngine, *, pool_size: int = 4) -> DB
     synchronous pool of its own (psycopg / sqlite3 / PyMySQL), because the endpoint reads from
     worker threads.
     """
+    if not isinstance(engine, sa.Engine | AsyncEngine):
+        raise ConfigurationError(
+            f"version_reader() takes an Engine or AsyncEngine, not {type(engine).__name__}; "
+            "for a URL use reality_core.DBAPIReader.from_url(url)"
+        )
     if isinstance(engine, AsyncEngine):
         url = DatabaseURL.parse(engine.url.render_as_string(hide_password=False))
         return DBAPIReader.from_url(url.with_driver(None), pool_size=pool_size)

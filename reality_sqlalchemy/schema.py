@@ -10,6 +10,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from reality_core.errors import ConfigurationError
 from reality_core.store import (
     LOG_TABLE,
     META_TABLE,
@@ -79,6 +80,12 @@ def create_tables(engine: sa.Engine | sa.Connection) -> None:
     if isinstance(engine, sa.Connection):
         _create(engine)
         return
+    if not isinstance(engine, sa.Engine):
+        raise ConfigurationError(
+            f"create_tables() takes an Engine or a Connection, not {type(engine).__name__}"
+            + (" (use await acreate_tables() for an AsyncEngine)"
+               if isinstance(engine, AsyncEngine) else "")
+        )
     with engine.begin() as conn:
         _create(conn)
 

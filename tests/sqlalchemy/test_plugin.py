@@ -476,3 +476,16 @@ def test_i5_a_row_moved_by_another_transaction_bumps_its_current_room(pg_db: Any
         stale.commit()
     after = versions(reader, *before)
     assert after["room:2"] == before["room:2"] + 1, "the row's real room did not move"
+
+
+def test_bump_refuses_sessions_the_plugin_does_not_cover(db: Any) -> None:
+    _, engine, reader = db
+    installed_maker, other_maker = sessionmaker(engine), sessionmaker(engine)
+    reality_sqlalchemy.install(installed_maker)
+    with other_maker.begin() as s, pytest.raises(ConfigurationError, match="not installed"):
+        reality_sqlalchemy.bump(s, "feed:global")
+    assert versions(reader, "feed:global")["feed:global"] == 0
+    with pytest.raises(ConfigurationError, match="Engine"):
+        reality_sqlalchemy.create_tables(None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="from_url"):
+        reality_sqlalchemy.version_reader("sqlite://")  # type: ignore[arg-type]
