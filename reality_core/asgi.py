@@ -76,10 +76,7 @@ class SyncASGIApp:
             return
         if scope["type"] != "http":
             return
-        path: str = scope.get("path", "")
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root):]
+        path = request_path(scope)
         method: str = scope.get("method", "GET")
         origin = _header(scope, b"origin")
         if method == "OPTIONS" and self.cors is not None and path in (
@@ -152,6 +149,14 @@ class SyncASGIApp:
         return await asyncio.to_thread(
             self.service.handle, body, headers.get("content-type"), headers
         )
+
+
+def request_path(scope: Scope) -> str:
+    """The path below the mount point: frameworks that mount an app put the mount in
+    ``root_path`` and may or may not strip it from ``path``."""
+    path: str = scope.get("path", "")
+    root = scope.get("root_path", "")
+    return path[len(root):] if root and path.startswith(root) else path
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

@@ -181,6 +181,23 @@ class Catalog:
                 schema, _, bare = table.rpartition(".")
                 if matches(name, bare, schema or None):
                     keys |= self.escalate(table)
+        return keys | self.cascades_of_untracked(written)
+
+    def cascades_of_untracked(self, written: Iterable[str]) -> set[str]:
+        """Keys of tracked tables the database changes when rows of *untracked* tables
+        among ``written`` are deleted (``ON DELETE CASCADE/SET NULL``); a tracked table's own
+        cascades come with :meth:`escalate`."""
+        keys: set[str] = set()
+        written = list(written)
+        if not written:  # the common case (a SELECT): no work on the statement path
+            return keys
+        parents = {p for decl in self._decls.values() for p in decl.cascades_from}
+        for name in written:
+            if any(matches(name, *_bare(t)) for t in self._decls):
+                continue
+            for parent in parents:
+                if matches(name, *_bare(parent)):
+                    keys |= self.cascade_keys(parent)
         return keys
 
 
@@ -192,3 +209,9 @@ def _marker_for(key: str, template_prefixes: list[tuple[str, str]]) -> str | Non
         if key.startswith(prefix):
             return marker
     return None
+
+
+def _bare(table: str) -> tuple[str, str | None]:
+    """``schema.table`` -> (table, schema); an unqualified name has no schema."""
+    schema, _, bare = table.rpartition(".")
+    return bare, schema or None

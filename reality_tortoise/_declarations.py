@@ -285,19 +285,6 @@ class TortoiseCatalog:
                 return tracked
         return None
 
-    def _cascades_of_untracked(self, written: Iterable[str]) -> set[str]:
-        """Keys of tracked tables the database changes when rows of untracked ``written``
-        tables are deleted (``ON DELETE CASCADE/SET NULL``)."""
-        keys: set[str] = set()
-        parents = {p for tracked in self.tables.values()
-                   for p in tracked.declaration.cascades_from}
-        for name in written:
-            if self.table(name) is None:
-                for parent in parents:
-                    if matches(name, *_bare(parent)):
-                        keys |= self.core.cascade_keys(parent)
-        return keys
-
     def row_keys(self, tracked: TrackedTable, new: Image | None, old: Image | None,
                  *, delete: bool = False) -> set[str]:
         keys = tracked.declaration.keys_for_row(new, old)
@@ -319,10 +306,11 @@ class TortoiseCatalog:
             return set()
         shape = _sql.parse(sql, paramstyle) if len(written) == 1 else None
         if shape is None:
-            return self.core.raw_sql_keys(sql, policy) | self._cascades_of_untracked(written)
+            return self.core.raw_sql_keys(sql, policy)
         tracked = self.table(shape.table)
         if tracked is None:  # untracked, but its deletes may cascade into tracked tables
-            return self._cascades_of_untracked({shape.table}) if shape.kind == "delete" else set()
+            return (self.core.cascades_of_untracked({shape.table}) if shape.kind == "delete"
+                    else set())
         keys: set[str] = set()
         runs: Sequence[Any] = params if many else [params]
         for run in runs:

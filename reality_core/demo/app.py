@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any, Final
 
-from reality_core.asgi import Receive, Scope, Send, SyncASGIApp
+from reality_core.asgi import Receive, Scope, Send, SyncASGIApp, request_path
 from reality_core.errors import StoreError
 from reality_core.sync import Response, SyncService, error_response
 
@@ -131,10 +131,7 @@ class DemoApp:
             return
         if scope["type"] != "http":
             return
-        path: str = scope.get("path", "")
-        root = scope.get("root_path", "")
-        if root and path.startswith(root):
-            path = path[len(root):]
+        path = request_path(scope)
         if path == SYNC_BASE or path.startswith(SYNC_BASE + "/"):
             await self.sync(scope, receive, send)
             return
