@@ -4,6 +4,7 @@ protocol. Imports no ORM; the plugins (``reality_sqlalchemy``...) build on it.""
 from __future__ import annotations
 
 from .buffer import KeyBuffer
+from .cache import VersionCache
 from .cors import CORSPolicy
 from .errors import (
     ConfigurationError,
@@ -44,6 +45,7 @@ __all__ = [
     "StoreUnavailable",
     "SyncService",
     "UnsupportedStatementError",
+    "VersionCache",
     "VersionInfo",
     "VersionReader",
     "WritePathError",

@@ -14,8 +14,10 @@ process: the next one is answered 503 ``overloaded`` with ``Retry-After: 1`` at 
 its body is read or the database touched, and service resumes as soon as requests finish.
 
 Mount it inside another ASGI app (Starlette ``Mount``, FastAPI ``app.mount``) or serve it
-alone (``reality serve``). Store reads run in a worker thread, so a slow database never
-blocks the event loop. The body is read incrementally and refused with 413 as soon as it
+alone (``reality serve``). With a :class:`~reality_core.cache.VersionCache` a request is
+answered from memory on the event loop; database reads (no cache, first load, a ``mutation``
+hint waiting for a refresh) run in a worker thread, so a slow database never blocks the
+event loop. The body is read incrementally and refused with 413 as soon as it
 passes the limit, so a huge upload costs no memory.
 """
 
@@ -71,8 +73,7 @@ class SyncASGIApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
-            await _lifespan(receive, send)
-            await asyncio.to_thread(self.service.close)  # stops background folding
+            await _lifespan(receive, send, self.service)
             return
         if scope["type"] != "http":
             return
@@ -146,6 +147,11 @@ class SyncASGIApp:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        # From the cache's memory, on the event loop: a thread hop would cost more than the
+        # answer. Only what may block (the database, a wait for a refresh) goes to a thread.
+        response = self.service.handle_now(body, headers.get("content-type"), headers)
+        if response is not None:
+            return response
         return await asyncio.to_thread(
             self.service.handle, body, headers.get("content-type"), headers
         )
@@ -185,11 +191,13 @@ async def _send(send: Send, response: Response, *, head: bool = False) -> None:
     await send({"type": "http.response.body", "body": b"" if head else response.body})
 
 
-async def _lifespan(receive: Receive, send: Send) -> None:
+async def _lifespan(receive: Receive, send: Send, service: SyncService) -> None:
     while True:
         message = await receive()
         if message["type"] == "lifespan.startup":
+            service.start()  # load the cache and fold in the background
             await send({"type": "lifespan.startup.complete"})
         elif message["type"] == "lifespan.shutdown":
+            await asyncio.to_thread(service.close)  # stops refreshing and folding
             await send({"type": "lifespan.shutdown.complete"})
             return

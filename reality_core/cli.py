@@ -3,6 +3,7 @@
 ::
 
     reality serve   --database-url URL [--host H] [--port P] [--base /reality] [--workers N]
+                    [--refresh-interval S] [--max-staleness S] [--no-cache] [--max-in-flight N]
     reality migrate --database-url URL [--revision reality@head] [--downgrade REVISION]
     reality fold    --database-url URL
     reality reset-epoch --database-url URL
@@ -16,6 +17,7 @@ the alembic branch ``reality``. ``demo`` runs a small chat app on SQLite (or you
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Sequence
@@ -25,6 +27,7 @@ from .urls import DatabaseURL
 
 ENV_URL = "REALITY_DATABASE_URL"
 ENV_BASE = "REALITY_BASE_PATH"
+ENV_OPTIONS = "REALITY_SERVE_OPTIONS"
 
 
 def _url(value: str) -> str:
@@ -47,6 +50,16 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+def _seconds(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 < seconds < 3600:
+        raise argparse.ArgumentTypeError(f"expected seconds, e.g. 0.05, not {value!r}")
+    return seconds
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="reality", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -57,6 +70,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=8000)
     serve.add_argument("--base", default="/reality", help="path prefix (default /reality)")
     serve.add_argument("--workers", type=_positive, default=1)
+    serve.add_argument("--refresh-interval", type=_seconds, default=0.05, metavar="SECONDS",
+                       help="how often each process refreshes its version cache (default "
+                            "0.05: at most 20 queries a second per process)")
+    serve.add_argument("--max-staleness", type=_seconds, default=2.0, metavar="SECONDS",
+                       help="answer 503 when the cache has not refreshed for this long "
+                            "(default 2)")
+    serve.add_argument("--no-cache", action="store_true",
+                       help="query the database for every request instead of caching")
+    serve.add_argument("--max-in-flight", type=_positive, default=256,
+                       help="sync requests handled at once per process; more get 503 "
+                            "(default 256)")
 
     migrate = sub.add_parser("migrate", help="create or upgrade the metadata tables (alembic)")
     migrate.add_argument("--database-url", type=_url, required=True)
@@ -83,14 +107,21 @@ def build_parser() -> argparse.ArgumentParser:
 def serve_app() -> object:
     """uvicorn factory for ``reality serve`` (``--workers`` needs an import string)."""
     from .asgi import SyncASGIApp
+    from .cache import VersionCache
     from .reader import DBAPIReader
     from .sync import SyncService
 
     url = os.environ.get(ENV_URL)
     if not url:
         raise RealityError(f"{ENV_URL} is not set; start the server with 'reality serve'")
-    return SyncASGIApp(SyncService(DBAPIReader.from_url(url), fold_interval=1.0),
-                       base=os.environ.get(ENV_BASE, "/reality"))
+    options = json.loads(os.environ.get(ENV_OPTIONS, "{}"))
+    reader = DBAPIReader.from_url(url)
+    source = reader if options.get("no_cache") else VersionCache(
+        reader, interval=options.get("refresh_interval", 0.05),
+        max_staleness=options.get("max_staleness", 2.0))
+    return SyncASGIApp(SyncService(source, fold_interval=1.0),
+                       base=os.environ.get(ENV_BASE, "/reality"),
+                       max_in_flight=options.get("max_in_flight", 256))
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -104,6 +135,14 @@ def _serve(args: argparse.Namespace) -> int:
     normalize_base(args.base)
     os.environ[ENV_URL] = args.database_url
     os.environ[ENV_BASE] = args.base
+    # The factory runs in each worker process: the options travel in the environment.
+    os.environ[ENV_OPTIONS] = json.dumps({
+        "no_cache": args.no_cache, "refresh_interval": args.refresh_interval,
+        "max_staleness": args.max_staleness, "max_in_flight": args.max_in_flight})
+    if args.max_staleness <= args.refresh_interval:
+        print("reality serve: --max-staleness must be longer than --refresh-interval",
+              file=sys.stderr)
+        return 2
     print(f"reality: serving {args.base}/sync on http://{args.host}:{args.port}", file=sys.stderr)
     uvicorn.run("reality_core.cli:serve_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="warning")

@@ -97,7 +97,9 @@ class DBAPIReader:
                 return
         _close_quietly(conn)
 
-    def _run(self, sql: str, params: Any) -> list[Any]:
+    def query(self, sql: str, params: Any) -> list[Any]:
+        """Run one read-only statement on a pooled connection (reconnecting once if the
+        pooled connection was cut); raises :class:`StoreError`."""
         conn, pooled = self._checkout()
         try:
             rows = _query(conn, sql, params)
@@ -121,13 +123,13 @@ class DBAPIReader:
 
     def read(self, keys: Collection[str]) -> Snapshot:
         sql, params = read_statement(keys, self.paramstyle)
-        snapshot = snapshot_from_rows(keys, self._run(sql, params))
+        snapshot = snapshot_from_rows(keys, self.query(sql, params))
         if (self.fold_threshold is not None and self.dialect is not None
                 and snapshot.pending >= self.fold_threshold):
-            self._fold_soon()
+            self.fold_soon()
         return snapshot
 
-    def _fold_soon(self) -> None:
+    def fold_soon(self) -> None:
         """Fold in a one-shot background thread, unless one is already folding: a read
         that counted many log rows means the log is due for folding, and the reader pays
         nothing for it."""

@@ -104,7 +104,12 @@ def create_table_statements(dialect: Dialect) -> list[str]:
         "version BIGINT NOT NULL, "
         "hash VARCHAR(64) NOT NULL, "
         "updated_at BIGINT NOT NULL, "
-        f"CONSTRAINT pk_{VERSIONS_TABLE} PRIMARY KEY (key_name)){suffix}",
+        "fold_seq BIGINT NOT NULL DEFAULT 0, "
+        + (f"INDEX ix_{VERSIONS_TABLE}_fold_seq (fold_seq), " if dialect == "mysql" else "")
+        + f"CONSTRAINT pk_{VERSIONS_TABLE} PRIMARY KEY (key_name)){suffix}",
+        *([] if dialect == "mysql" else
+          [f"CREATE INDEX IF NOT EXISTS ix_{VERSIONS_TABLE}_fold_seq "
+           f"ON {VERSIONS_TABLE} (fold_seq)"]),
         f"CREATE TABLE IF NOT EXISTS {META_TABLE} ("
         "name VARCHAR(64) NOT NULL, "
         "value VARCHAR(256) NOT NULL, "
@@ -117,20 +122,16 @@ def new_epoch() -> str:
 
 
 def insert_epoch_statement(dialect: Dialect, paramstyle: str) -> tuple[str, Params]:
-    """Insert the epoch row unless one exists (safe to run twice)."""
+    """Insert the ``epoch`` and ``fold_seq`` rows of ``reality_meta`` where missing (safe to
+    run twice; an existing epoch is kept, so clients never drop what they know)."""
     ph = Placeholders(paramstyle)
     value = ph.next("epoch", new_epoch())
-    sql = (
-        f"INSERT INTO {META_TABLE} (name, value) SELECT 'epoch', {value} "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {META_TABLE} WHERE name = 'epoch')"
-    )
-    if dialect == "mysql":
-        # MySQL refuses a subquery on the table being inserted into without a derived table.
-        sql = (
-            f"INSERT INTO {META_TABLE} (name, value) SELECT 'epoch', {value} FROM DUAL "
-            f"WHERE NOT EXISTS (SELECT 1 FROM (SELECT name FROM {META_TABLE}) AS m "
-            "WHERE m.name = 'epoch')"
-        )
+    rows = f"(SELECT 'epoch' AS n, {value} AS v UNION ALL SELECT 'fold_seq', '0') AS m"
+    # MySQL refuses a subquery on the table being inserted into without a derived table.
+    existing = (f"(SELECT name FROM {META_TABLE}) AS e" if dialect == "mysql"
+                else f"{META_TABLE} AS e")
+    sql = (f"INSERT INTO {META_TABLE} (name, value) SELECT n, v FROM {rows} "
+           f"WHERE NOT EXISTS (SELECT 1 FROM {existing} WHERE e.name = m.n)")
     return sql, ph.params
 
 
@@ -248,81 +249,159 @@ def read_statement(keys: Collection[str], paramstyle: str) -> tuple[str, Params]
 
 def fold(dbapi_conn: Any, dialect: Dialect, paramstyle: str, batch: int = FOLD_BATCH) -> int:
     """Fold up to ``batch`` log rows into ``reality_versions``, in a transaction of its own
-    on ``dbapi_conn`` (which must not be in autocommit mode, or must accept BEGIN); returns
-    the number of rows folded. Safe to run from several processes at once."""
+    on ``dbapi_conn`` (in autocommit mode: this function sends BEGIN itself); returns the
+    number of rows folded. Safe to run from several processes at once.
+
+    Folds are serialised by the ``fold_seq`` row of ``reality_meta``: a fold locks it, moves
+    its batch, stamps every ``reality_versions`` row it changed with the next sequence number
+    and commits, so folds commit in sequence order and a reader that has seen sequence *n*
+    finds every later change with ``fold_seq > n`` (see :func:`refresh_statement`). A folder
+    that finds the row locked returns 0 at once instead of waiting: another one is folding.
+    """
     cur = dbapi_conn.cursor()
     try:
-        if dialect == "postgresql":
-            # One statement: the rows deleted are exactly the rows counted. SKIP LOCKED lets
-            # concurrent folders take different batches instead of waiting for each other.
-            ph = Placeholders(paramstyle)
-            limit = ph.next("n", batch)
-            cur.execute(
-                f"WITH moved AS (DELETE FROM {LOG_TABLE} WHERE id IN (SELECT id FROM "
-                f"{LOG_TABLE} ORDER BY id LIMIT {limit} FOR UPDATE SKIP LOCKED) "
-                "RETURNING key_name, created_at), "
-                "counted AS (SELECT key_name, COUNT(*) AS n, MAX(created_at) AS t FROM moved "
-                "GROUP BY key_name ORDER BY key_name), "
-                f"applied AS (INSERT INTO {VERSIONS_TABLE} (key_name, version, hash, updated_at) "
-                "SELECT key_name, n, '', t FROM counted ON CONFLICT (key_name) DO UPDATE SET "
-                f"version = {VERSIONS_TABLE}.version + excluded.version, "
-                f"updated_at = GREATEST({VERSIONS_TABLE}.updated_at, excluded.updated_at) "
-                "RETURNING 1) SELECT COALESCE(SUM(n), 0) FROM counted",
-                ph.params,
-            )
-            (moved,) = cur.fetchone()
-            dbapi_conn.commit()
-            return int(moved)
-        # SQLite (one writer at a time) and MySQL/MariaDB (locking reads): read the batch
-        # with locks, apply the counts, delete exactly those rows, in one transaction.
-        ph = Placeholders(paramstyle)
-        limit = ph.next("n", batch)
-        lock = " FOR UPDATE SKIP LOCKED" if dialect == "mysql" else ""
         if dialect == "mysql":
-            # READ COMMITTED takes no gap locks, so the fold's locking read and DELETE never
+            # READ COMMITTED takes no gap locks, so the fold's locking reads and DELETE never
             # block (or deadlock with) writers appending to the log under REPEATABLE READ.
             cur.execute("SET TRANSACTION ISOLATION LEVEL READ COMMITTED")
-        cur.execute("BEGIN IMMEDIATE" if dialect == "sqlite" else "START TRANSACTION")
-        cur.execute(
-            f"SELECT id, key_name, created_at FROM {LOG_TABLE} ORDER BY id LIMIT {limit}{lock}",
-            ph.params,
-        )
-        rows = cur.fetchall()
-        if not rows:
-            dbapi_conn.commit()
+        if dialect != "postgresql" or getattr(dbapi_conn, "autocommit", False):
+            # (A PostgreSQL driver outside autocommit has begun a transaction already.)
+            cur.execute({"sqlite": "BEGIN IMMEDIATE", "mysql": "START TRANSACTION"}.get(
+                dialect, "BEGIN"))
+        skip = "" if dialect == "sqlite" else " FOR UPDATE SKIP LOCKED"
+        cur.execute(f"SELECT value FROM {META_TABLE} WHERE name = 'fold_seq'{skip}")
+        row = cur.fetchone()
+        if row is None:
+            dbapi_conn.rollback()
+            _ensure_fold_seq_row(cur, dialect)
             return 0
-        counts: dict[Any, list[int]] = {}
-        for _, key, created in rows:
-            entry = counts.setdefault(key, [0, 0])
-            entry[0] += 1
-            entry[1] = max(entry[1], int(created))
-        for key in sorted(counts):
-            n, t = counts[key]
-            ph = Placeholders(paramstyle)
-            k, v, u = ph.next("k", key), ph.next("v", n), ph.next("u", t)
-            if dialect == "mysql":
-                sql = (f"INSERT INTO {VERSIONS_TABLE} (key_name, version, hash, updated_at) "
-                       f"VALUES ({k}, {v}, '', {u}) ON DUPLICATE KEY UPDATE "
-                       "version = version + VALUES(version), "
-                       "updated_at = GREATEST(updated_at, VALUES(updated_at))")
-            else:
-                sql = (f"INSERT INTO {VERSIONS_TABLE} (key_name, version, hash, updated_at) "
-                       f"VALUES ({k}, {v}, '', {u}) ON CONFLICT (key_name) DO UPDATE SET "
-                       f"version = {VERSIONS_TABLE}.version + excluded.version, "
-                       f"updated_at = MAX({VERSIONS_TABLE}.updated_at, excluded.updated_at)")
-            cur.execute(sql, ph.params)
-        for start in range(0, len(rows), BUMP_CHUNK):
-            ph = Placeholders(paramstyle)
-            ids = ", ".join(ph.next("i", r[0]) for r in rows[start : start + BUMP_CHUNK])
-            cur.execute(f"DELETE FROM {LOG_TABLE} WHERE id IN ({ids})", ph.params)
+        seq = int(row[0].decode() if isinstance(row[0], bytes | bytearray) else row[0]) + 1
+        if dialect == "postgresql":
+            moved = _fold_postgresql(cur, paramstyle, batch, seq)
+        else:
+            moved = _fold_locking_read(cur, dialect, paramstyle, batch, seq)
+        if not moved:
+            dbapi_conn.rollback()
+            return 0
+        ph = Placeholders(paramstyle)
+        cur.execute(f"UPDATE {META_TABLE} SET value = {ph.next('s', str(seq))} "
+                    "WHERE name = 'fold_seq'", ph.params)
         dbapi_conn.commit()
-        return len(rows)
+        return moved
     except BaseException:
         with contextlib.suppress(Exception):
             dbapi_conn.rollback()
         raise
     finally:
         cur.close()
+
+
+def _ensure_fold_seq_row(cur: Any, dialect: Dialect) -> None:
+    """Add the ``fold_seq`` row to a store made before it existed (autocommit: no lock is
+    held; a concurrent folder adding it too is not an error)."""
+    cur.execute(f"SELECT 1 FROM {META_TABLE} WHERE name = 'fold_seq'")
+    if cur.fetchone() is not None:
+        return  # it exists: another folder holds it
+    ignore = {"postgresql": ("", " ON CONFLICT DO NOTHING"), "sqlite": (" OR IGNORE", ""),
+              "mysql": (" IGNORE", "")}[dialect]
+    cur.execute(f"INSERT{ignore[0]} INTO {META_TABLE} (name, value) "
+                f"VALUES ('fold_seq', '0'){ignore[1]}")
+
+
+def _fold_postgresql(cur: Any, paramstyle: str, batch: int, seq: int) -> int:
+    # One statement: the rows deleted are exactly the rows counted.
+    ph = Placeholders(paramstyle)
+    limit = ph.next("n", batch)
+    stamp = ph.next("s", seq)
+    cur.execute(
+        f"WITH moved AS (DELETE FROM {LOG_TABLE} WHERE id IN (SELECT id FROM "
+        f"{LOG_TABLE} ORDER BY id LIMIT {limit} FOR UPDATE SKIP LOCKED) "
+        "RETURNING key_name, created_at), "
+        "counted AS (SELECT key_name, COUNT(*) AS n, MAX(created_at) AS t FROM moved "
+        "GROUP BY key_name ORDER BY key_name), "
+        f"applied AS (INSERT INTO {VERSIONS_TABLE} (key_name, version, hash, updated_at, "
+        f"fold_seq) SELECT key_name, n, '', t, {stamp} FROM counted "
+        "ON CONFLICT (key_name) DO UPDATE SET "
+        f"version = {VERSIONS_TABLE}.version + excluded.version, "
+        f"updated_at = GREATEST({VERSIONS_TABLE}.updated_at, excluded.updated_at), "
+        "fold_seq = excluded.fold_seq "
+        "RETURNING 1) SELECT COALESCE(SUM(n), 0) FROM counted",
+        ph.params,
+    )
+    (moved,) = cur.fetchone()
+    return int(moved)
+
+
+def _fold_locking_read(cur: Any, dialect: Dialect, paramstyle: str, batch: int,
+                       seq: int) -> int:
+    # SQLite (one writer at a time) and MySQL/MariaDB (locking reads): read the batch with
+    # locks, apply the counts, delete exactly those rows, all in the caller's transaction.
+    ph = Placeholders(paramstyle)
+    limit = ph.next("n", batch)
+    lock = " FOR UPDATE SKIP LOCKED" if dialect == "mysql" else ""
+    cur.execute(
+        f"SELECT id, key_name, created_at FROM {LOG_TABLE} ORDER BY id LIMIT {limit}{lock}",
+        ph.params,
+    )
+    rows = cur.fetchall()
+    if not rows:
+        return 0
+    counts: dict[Any, list[int]] = {}
+    for _, key, created in rows:
+        entry = counts.setdefault(key, [0, 0])
+        entry[0] += 1
+        entry[1] = max(entry[1], int(created))
+    for key in sorted(counts):
+        n, t = counts[key]
+        ph = Placeholders(paramstyle)
+        k, v, u = ph.next("k", key), ph.next("v", n), ph.next("u", t)
+        s = ph.next("s", seq)
+        if dialect == "mysql":
+            sql = (f"INSERT INTO {VERSIONS_TABLE} (key_name, version, hash, updated_at, "
+                   f"fold_seq) VALUES ({k}, {v}, '', {u}, {s}) ON DUPLICATE KEY UPDATE "
+                   "version = version + VALUES(version), "
+                   "updated_at = GREATEST(updated_at, VALUES(updated_at)), "
+                   "fold_seq = VALUES(fold_seq)")
+        else:
+            sql = (f"INSERT INTO {VERSIONS_TABLE} (key_name, version, hash, updated_at, "
+                   f"fold_seq) VALUES ({k}, {v}, '', {u}, {s}) ON CONFLICT (key_name) "
+                   f"DO UPDATE SET version = {VERSIONS_TABLE}.version + excluded.version, "
+                   f"updated_at = MAX({VERSIONS_TABLE}.updated_at, excluded.updated_at), "
+                   "fold_seq = excluded.fold_seq")
+        cur.execute(sql, ph.params)
+    for start in range(0, len(rows), BUMP_CHUNK):
+        ph = Placeholders(paramstyle)
+        ids = ", ".join(ph.next("i", r[0]) for r in rows[start : start + BUMP_CHUNK])
+        cur.execute(f"DELETE FROM {LOG_TABLE} WHERE id IN ({ids})", ph.params)
+    return len(rows)
+
+
+def refresh_statement(cursor: int, paramstyle: str) -> tuple[str, Params]:
+    """One statement, one snapshot, for a cache that has seen folds up to ``cursor``: the
+    folded rows changed since (``fold_seq > cursor``), the whole log counted per key (short:
+    folding keeps it so), the epoch (source 1) and the current ``fold_seq`` (source 3).
+    Rows are ``(source, key_name, version, updated_at)``; source 0 folded, 2 log."""
+    ph = Placeholders(paramstyle)
+    after = ph.next("c", cursor)
+    sql = (
+        f"SELECT 0, key_name, version, updated_at FROM {VERSIONS_TABLE} "
+        f"WHERE fold_seq > {after} "
+        f"UNION ALL SELECT 2, key_name, COUNT(*), MAX(created_at) FROM {LOG_TABLE} "
+        "GROUP BY key_name "
+        f"UNION ALL SELECT 1, value, 0, 0 FROM {META_TABLE} WHERE name = 'epoch' "
+        f"UNION ALL SELECT 3, value, 0, 0 FROM {META_TABLE} WHERE name = 'fold_seq'"
+    )
+    return sql, ph.params
+
+
+def page_statement(after: str | None, limit: int, paramstyle: str) -> tuple[str, Params]:
+    """A page of folded counts in key order (a cache's full load): ``(key_name, version,
+    updated_at)`` of up to ``limit`` keys after ``after``."""
+    ph = Placeholders(paramstyle)
+    where = "" if after is None else f"WHERE key_name > {ph.next('a', after)} "
+    sql = (f"SELECT key_name, version, updated_at FROM {VERSIONS_TABLE} {where}"
+           f"ORDER BY key_name LIMIT {ph.next('n', limit)}")
+    return sql, ph.params
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,7 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .cache import VersionCache
 from .errors import ConfigurationError, ProtocolError, StoreError, StoreUnavailable
 from .folding import Folder
 from .protocol import Limits, parse_body, problem, validate_known
@@ -43,14 +44,19 @@ class Response:
 
 
 class SyncService:
-    """Answers sync requests from a :class:`~reality_core.reader.VersionReader`.
+    """Answers sync requests from a :class:`~reality_core.cache.VersionCache` (versions in
+    memory: no database work per request) or any :class:`~reality_core.reader.VersionReader`
+    (a :class:`~reality_core.reader.DBAPIReader` queries the database for every request).
 
     ``limits`` bound each request; ``authorizer`` (optional) filters the keys a caller may
     see — a request naming any refused key gets 403; ``retry_after`` is the ``Retry-After``
     (seconds) sent with 503 when the store cannot be read. ``fold_interval`` (seconds) starts
     a :class:`~reality_core.folding.Folder` with the first request, when the reader can fold;
-    :meth:`close` stops it. Without it the reader still folds when a read counts many
-    unfolded log rows (``DBAPIReader(fold_threshold=...)``).
+    :meth:`close` stops it (and the cache's refresh thread). Without it the reader still
+    folds when a read counts many unfolded log rows (``DBAPIReader(fold_threshold=...)``).
+
+    A request with ``"hint": "mutation"`` (the client just wrote) is answered from a cache
+    refresh that started after the request arrived, so it sees the client's own commit.
     """
 
     def __init__(
@@ -73,23 +79,50 @@ class SyncService:
         self.authorizer = authorizer
         self.retry_after = retry_after
         self._folder: Folder | None = None
-        if fold_interval is not None and isinstance(reader, DBAPIReader) and reader.dialect:
-            self._folder = Folder(reader, interval=fold_interval)
+        source = reader.source if isinstance(reader, VersionCache) else reader
+        if fold_interval is not None and isinstance(source, DBAPIReader) and source.dialect:
+            self._folder = Folder(source, interval=fold_interval)
+
+    @property
+    def cache(self) -> VersionCache | None:
+        return self.reader if isinstance(self.reader, VersionCache) else None
+
+    def start(self) -> None:
+        """Start background work now (cache loading, folding) instead of at the first
+        request; the ASGI app calls this at startup."""
+        if self._folder is not None:
+            self._folder.start()
+        if self.cache is not None:
+            self.cache.start()
 
     def close(self) -> None:
-        """Stop background folding (the reader stays open; close it yourself)."""
+        """Stop background folding and the cache's refreshing. A plain reader stays open
+        (close it yourself)."""
         if self._folder is not None:
             self._folder.stop()
+        if self.cache is not None:
+            self.cache.close()
 
     def sync(
-        self, known: Mapping[str, int], *, headers: Mapping[str, str] | None = None
+        self, known: Mapping[str, int], *, headers: Mapping[str, str] | None = None,
+        hint: str | None = None,
     ) -> dict[str, Any]:
         """The protocol's response for ``known``, as a dict. Raises :class:`ProtocolError`
-        for invalid input and :class:`StoreError` when the store cannot be read."""
+        for invalid input and :class:`StoreError` when the store cannot be read. With
+        ``hint="mutation"`` and a cache, waits for a fresh refresh (see the class)."""
         if self._folder is not None:
             self._folder.start()
         checked = validate_known(known, self.limits)
         self._authorize(checked, headers or {})
+        cache = self.cache
+        if cache is not None:
+            if hint == "mutation":
+                cache.wait_fresh()
+            elif not cache.loaded:
+                cache.wait_ready(cache.max_staleness)  # a request right after startup
+            epoch, changed_now = cache.changed(checked)
+            return {"changed": changed_now, "serverTime": int(time.time() * 1000),
+                    "epoch": epoch}
         snapshot = self.reader.read(checked.keys())
         changed: dict[str, Any] = {}
         for key, client_version in checked.items():
@@ -119,10 +152,31 @@ class SyncService:
     def handle(
         self, body: bytes, content_type: str | None, headers: Mapping[str, str] | None = None
     ) -> Response:
-        """Answer one ``POST /sync``; never raises."""
+        """Answer one ``POST /sync``; never raises. May block on the database."""
+        response = self._handle(body, content_type, headers, may_wait=True)
+        assert response is not None  # may_wait=True always answers
+        return response
+
+    def handle_now(
+        self, body: bytes, content_type: str | None, headers: Mapping[str, str] | None = None
+    ) -> Response | None:
+        """Answer one ``POST /sync`` from memory, or return ``None`` when answering would
+        block (no cache, cache still loading, a ``mutation`` hint waiting for a refresh):
+        the ASGI app then calls :meth:`handle` in a worker thread. Never raises."""
+        cache = self.cache
+        if cache is None or not cache.loaded:
+            return None
+        return self._handle(body, content_type, headers, may_wait=False)
+
+    def _handle(
+        self, body: bytes, content_type: str | None, headers: Mapping[str, str] | None,
+        *, may_wait: bool,
+    ) -> Response | None:
         try:
             request = parse_body(body, content_type, self.limits)
-            result = self.sync(request.known, headers=headers)
+            if not may_wait and request.hint == "mutation":
+                return None
+            result = self.sync(request.known, headers=headers, hint=request.hint)
         except ProtocolError as exc:
             return error_response(exc.status, exc.code, exc.message)
         except StoreError as exc:

@@ -45,7 +45,10 @@ versions = sa.Table(
     sa.Column("version", sa.BigInteger, nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
     sa.Column("updated_at", sa.BigInteger, nullable=False),
+    # The fold that last changed the row: caches read what changed since the fold they saw.
+    sa.Column("fold_seq", sa.BigInteger, nullable=False, server_default=sa.text("0")),
     sa.PrimaryKeyConstraint("key_name", name=f"pk_{VERSIONS_TABLE}"),
+    sa.Index(f"ix_{VERSIONS_TABLE}_fold_seq", "fold_seq"),
     mysql_engine="InnoDB",
 )
 

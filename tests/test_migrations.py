@@ -28,12 +28,14 @@ from alembic.script import Script
 import reality_sqlalchemy
 from reality_core import cli
 from reality_core.errors import ConfigurationError, StoreUnavailable
+from reality_core.reader import DBAPIReader
 from reality_sqlalchemy import migrate
 from tests import dbs
 
 ROOT = Path(__file__).resolve().parent.parent
 OWN = {"reality_log", "reality_versions", "reality_meta"}
 NewDatabase = Callable[[], str]
+HEAD = "reality_0002"
 
 # What the reflected key_name type must say, so the schema comparison cannot pass vacuously.
 KEY_TYPE = {
@@ -162,7 +164,7 @@ def test_c13_upgrade_downgrade_upgrade(new_database: NewDatabase) -> None:
 
     migrate.upgrade(url)
     assert _tables(url) == {*OWN, "alembic_version", migrate.VERSION_TABLE}
-    assert _query(url, f"SELECT version_num FROM {migrate.VERSION_TABLE}") == [("reality_0001",)]
+    assert _query(url, f"SELECT version_num FROM {migrate.VERSION_TABLE}") == [(HEAD,)]
     first = _epoch(url)
 
     migrate.downgrade(url, "base")
@@ -208,13 +210,43 @@ def test_c13_upgrade_adopts_tables_from_create_tables(new_database: NewDatabase)
     finally:
         engine.dispose()
     epoch = _epoch(url)
-    _query(url, "INSERT INTO reality_versions VALUES ('room:7', 3, 'h', 1)")
+    _query(url, "INSERT INTO reality_versions (key_name, version, hash, updated_at) "
+                "VALUES ('room:7', 3, 'h', 1)")
 
     migrate.upgrade(url)
 
     assert _epoch(url) == epoch
     assert _query(url, "SELECT key_name, version FROM reality_versions") == [("room:7", 3)]
-    assert _query(url, f"SELECT version_num FROM {migrate.VERSION_TABLE}") == [("reality_0001",)]
+    assert _query(url, f"SELECT version_num FROM {migrate.VERSION_TABLE}") == [(HEAD,)]
+
+
+def test_c13_upgrade_from_0001_keeps_versions_and_adds_the_fold_sequence(
+    new_database: NewDatabase,
+) -> None:
+    url = new_database()
+    migrate.upgrade(url, "reality_0001")
+    epoch = _epoch(url)
+    _query(url, "INSERT INTO reality_versions VALUES ('room:7', 3, 'h', 1)")
+    _query(url, "INSERT INTO reality_log (key_name, created_at) VALUES ('room:7', 2)")
+
+    migrate.upgrade(url)
+
+    assert _epoch(url) == epoch
+    assert _query(url, "SELECT key_name, version, fold_seq FROM reality_versions") == [
+        ("room:7", 3, 0)]
+    assert _query(url, "SELECT value FROM reality_meta WHERE name = 'fold_seq'") == [("0",)]
+    reader = DBAPIReader.from_url(url.replace("+pymysql", "").replace("+psycopg", ""))
+    try:
+        assert reader.fold() == 1
+    finally:
+        reader.close()
+    assert _query(url, "SELECT key_name, version, fold_seq FROM reality_versions") == [
+        ("room:7", 4, 1)]
+    assert _query(url, "SELECT value FROM reality_meta WHERE name = 'fold_seq'") == [("1",)]
+
+    migrate.downgrade(url, "reality_0001")
+    assert _query(url, "SELECT key_name, version FROM reality_versions") == [("room:7", 4)]
+    assert _query(url, "SELECT name FROM reality_meta") == [("epoch",)]
 
 
 @pytest.mark.parametrize(
@@ -385,7 +417,7 @@ def test_c13_user_project_upgrades_and_downgrades_our_branch_beside_its_own(
 
     command.upgrade(config, "heads")
     assert _tables(url) == {"widgets", "alembic_version", *OWN}
-    assert _versions(url) == {"app_0001", "reality_0001"}
+    assert _versions(url) == {"app_0001", HEAD}
     _epoch(url)
     _query(url, "INSERT INTO widgets (id, name) VALUES (1, 'sprocket')")
 
@@ -396,7 +428,7 @@ def test_c13_user_project_upgrades_and_downgrades_our_branch_beside_its_own(
 
     command.upgrade(config, "reality@head")
     assert _tables(url) == {"widgets", "alembic_version", *OWN}
-    assert _versions(url) == {"app_0001", "reality_0001"}
+    assert _versions(url) == {"app_0001", HEAD}
     assert migrate.VERSION_TABLE not in _tables(url)  # the user's alembic uses its own table
 
 
@@ -476,6 +508,7 @@ def test_c13_wheel_ships_our_branch_to_a_user_project(
     wheel, bindir = wheel_venv
     names = zipfile.ZipFile(wheel).namelist()
     assert "reality_sqlalchemy/migrations/reality_0001_version_tables.py" in names
+    assert "reality_sqlalchemy/migrations/reality_0002_fold_seq.py" in names
     assert "reality_sqlalchemy/_alembic/env.py" in names
     assert not [n for n in names if "__pycache__" in n or n.endswith("migrations/__init__.py")]
 
@@ -487,11 +520,11 @@ def test_c13_wheel_ships_our_branch_to_a_user_project(
     assert Path(where).is_relative_to(bindir.parent), where  # the installed copy, not ROOT
 
     heads = _run([bindir / "alembic", "heads"], cwd=project).stdout
-    assert "reality_0001 (reality) (head)" in heads
+    assert f"{HEAD} (reality) (head)" in heads
     upgraded = _run([bindir / "alembic", "upgrade", "heads"], cwd=project)
     assert "eprecat" not in upgraded.stderr  # the documented alembic.ini is warning-free
     assert _tables(url) == {"widgets", "alembic_version", *OWN}
-    assert _versions(url) == {"app_0001", "reality_0001"}
+    assert _versions(url) == {"app_0001", HEAD}
     _epoch(url)
 
     _run([bindir / "alembic", "downgrade", "reality@base"], cwd=project)
@@ -507,7 +540,7 @@ def test_c13_wheel_ships_our_branch_to_a_user_project(
         'version_locations = ["%(here)s/alembic/versions", "reality_sqlalchemy:migrations"]\n'
     )
     heads = _run([bindir / "alembic", "heads"], cwd=toml_project).stdout
-    assert "reality_0001 (reality) (head)" in heads
+    assert f"{HEAD} (reality) (head)" in heads
     assert "app_0001 (app) (head)" in heads
 
     # The console script and its bundled alembic environment work from the wheel too.

@@ -240,7 +240,8 @@ def test_the_epoch_is_created_once(store: Store) -> None:
         cur.execute(sql, params)
     finally:
         cur.close()
-    assert store.query("SELECT count(*) FROM reality_meta")[0][0] == 1
+    # The epoch and the fold sequence, each once.
+    assert store.query("SELECT count(*) FROM reality_meta")[0][0] == 2
     assert store.epoch == epoch
     assert len(epoch) == 32
 

@@ -1,0 +1,344 @@
+"""An in-process copy of the version store, so a sync request does no database work.
+
+Each server process keeps every key's version in memory and refreshes it on its own
+schedule (every ``interval`` seconds, 0.05 by default: at most 20 refresh queries a second
+per process, however many clients ask). A sync request is answered from memory.
+
+Refresh, and why it never loses a change (DESIGN §6): a refresh is *one* statement, so one
+snapshot (:func:`~reality_core.store.refresh_statement`). It reads
+
+* the whole log, counted per key — the log holds only what was committed since the last
+  fold (folding runs every second), so this is short;
+* the folded rows stamped with a fold sequence number above the last one this cache saw.
+  Folds are serialised on the ``fold_seq`` row and stamp what they change, so they become
+  visible in sequence order: a fold that commits after this snapshot has a higher number
+  and is read next time. No id or clock assigned before COMMIT is used as a cursor, so a
+  transaction that commits late is never skipped (C11);
+* the epoch and the current fold sequence.
+
+A key's version is its folded count plus its log rows, both from that one snapshot, so it
+is exact as of the snapshot; the cache swaps the new state in under a lock, so a request sees
+one refresh or the next, never a mix. Versions therefore never go back or repeat (a fold
+moves rows from the log to the counts inside one snapshot). When the epoch changes
+(``reality reset-epoch``) or the fold sequence goes back (a restored backup), the cache
+reloads everything.
+
+The first load reads the folded counts in pages (key order), then one refresh from the fold
+sequence read *before* the pages: whatever a page read that later folds changed is read again
+by that refresh, so the loaded state is exactly the refresh's snapshot.
+
+Staleness: when no refresh has succeeded for ``max_staleness`` seconds (database down,
+locked, unreachable), reads raise :class:`~reality_core.errors.StoreUnavailable` (the
+endpoint answers 503 with ``Retry-After``) rather than serve versions that may be old; the
+refresh keeps retrying and service resumes by itself.
+
+Memory: one dict entry per key with a version (the key string and one int packing version
+and update time); about 120 bytes a key, so 1,000,000 keys need about 120 MB.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from .errors import ConfigurationError, StoreError, StoreUnavailable
+from .keys import ESCALATION_PREFIX
+from .reader import DBAPIReader
+from .store import Snapshot, VersionInfo, key_hash, page_statement, refresh_statement
+
+log = logging.getLogger("reality.cache")
+
+PAGE: Final = 10_000
+# Versions and update times (ms) share one int: one object per key instead of a tuple of two.
+_TIME_BITS: Final = 42
+_TIME_MASK: Final = (1 << _TIME_BITS) - 1
+
+
+def _pack(version: int, updated_ms: int) -> int:
+    return (version << _TIME_BITS) | (min(max(updated_ms, 0), _TIME_MASK))
+
+
+def _text(value: Any) -> str:
+    # MySQL/MariaDB return key_name (VARBINARY) and UNIONed text as bytes.
+    return value.decode() if isinstance(value, bytes | bytearray) else str(value)
+
+
+class _State:
+    """One consistent view: folded counts, log counts and escalation markers."""
+
+    __slots__ = ("epoch", "folded", "logged", "markers", "seq")
+
+    def __init__(self, epoch: str, seq: int, folded: dict[str, int]) -> None:
+        self.epoch = epoch
+        self.seq = seq
+        self.folded = folded  # key -> packed (version, updated_at)
+        self.logged: dict[str, tuple[int, int]] = {}
+        self.markers: tuple[tuple[str, int, int], ...] = ()
+
+    def version(self, key: str) -> tuple[int, int]:
+        packed = self.folded.get(key, 0)
+        version, updated = packed >> _TIME_BITS, packed & _TIME_MASK
+        pending = self.logged.get(key)
+        if pending is not None:
+            version += pending[0]
+            updated = max(updated, pending[1])
+        for prefix, m_version, m_updated in self.markers:
+            if key.startswith(prefix):
+                version += m_version
+                updated = max(updated, m_updated)
+        return version, updated
+
+    def rebuild_markers(self, touched: Iterable[str]) -> None:
+        """Escalation markers (``$esc:<prefix>``) add their count to every key with that
+        prefix; recompute the short list when one of them changed."""
+        if not any(k.startswith(ESCALATION_PREFIX) for k in touched):
+            return
+        names = {k for k in self.folded if k.startswith(ESCALATION_PREFIX)}
+        names.update(k for k in self.logged if k.startswith(ESCALATION_PREFIX))
+        markers = []
+        for name in sorted(names):
+            packed = self.folded.get(name, 0)
+            version, updated = packed >> _TIME_BITS, packed & _TIME_MASK
+            pending = self.logged.get(name)
+            if pending is not None:
+                version += pending[0]
+                updated = max(updated, pending[1])
+            markers.append((name[len(ESCALATION_PREFIX):], version, updated))
+        self.markers = tuple(markers)
+
+
+class VersionCache:
+    """Versions of every key, in memory, refreshed from ``source`` in a daemon thread.
+
+    Example::
+
+        cache = VersionCache(DBAPIReader.from_url(url))
+        service = SyncService(cache)          # answers from memory
+        ...
+        cache.close()
+
+    ``interval``: seconds between refreshes (one query each). ``max_staleness``: seconds
+    without a successful refresh after which reads fail with ``StoreUnavailable``.
+    The refresh thread starts with the first read, or with :meth:`start`.
+    """
+
+    def __init__(
+        self, source: DBAPIReader, *, interval: float = 0.05, max_staleness: float = 2.0
+    ) -> None:
+        if not isinstance(source, DBAPIReader):
+            raise ConfigurationError(f"source must be a DBAPIReader, not {source!r}")
+        for name, value in (("interval", interval), ("max_staleness", max_staleness)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                raise ConfigurationError(f"{name} must be a positive number, not {value!r}")
+        if max_staleness <= interval:
+            raise ConfigurationError(
+                f"max_staleness ({max_staleness}) must be longer than interval ({interval})")
+        self.source = source
+        self.interval = float(interval)
+        self.max_staleness = float(max_staleness)
+        self.refreshes = 0  # successful refreshes (for tests and benchmarks)
+        self._state: _State | None = None
+        self._lock = threading.Lock()  # guards _state's contents while a refresh applies
+        self._fresh = threading.Condition()
+        self._last_ok = float("-inf")  # monotonic start time of the last good refresh
+        self._last_error: StoreError | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"VersionCache({self.source!r}, interval={self.interval})"
+
+    # --------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        with self._start_lock:
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(target=self._run, name="reality-cache",
+                                                daemon=True)
+                self._thread.start()
+
+    def close(self) -> None:
+        """Stop refreshing and close the source's connections."""
+        self._stop.set()
+        with self._start_lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=10)
+        self.source.close()
+
+    def wait_ready(self, timeout: float) -> bool:
+        """Start if needed and wait until the first load is done (or ``timeout``)."""
+        self.start()
+        with self._fresh:
+            return self._fresh.wait_for(lambda: self._state is not None, timeout)
+
+    def wait_fresh(self, timeout: float | None = None) -> None:
+        """Wait for a refresh that *starts* after this call, so everything committed before
+        the call is visible (a client's own mutation). Raises ``StoreUnavailable`` when none
+        succeeds within ``timeout`` (default: ``max_staleness``)."""
+        self.start()
+        asked = time.monotonic()
+        with self._fresh:
+            if not self._fresh.wait_for(lambda: self._last_ok >= asked,
+                                        self.max_staleness if timeout is None else timeout):
+                raise self._unavailable()
+
+    # -------------------------------------------------------------------------------- reads
+
+    @property
+    def loaded(self) -> bool:
+        """The first load is done (it may have gone stale since)."""
+        return self._state is not None
+
+    @property
+    def ready(self) -> bool:
+        """Loaded and refreshed recently enough to answer from memory."""
+        return self._state is not None and \
+            time.monotonic() - self._last_ok <= self.max_staleness
+
+    def _current(self) -> _State:
+        self.start()
+        state = self._state
+        if state is None or time.monotonic() - self._last_ok > self.max_staleness:
+            raise self._unavailable()
+        return state
+
+    def _unavailable(self) -> StoreError:
+        if self._last_error is not None and not isinstance(self._last_error, StoreUnavailable):
+            return self._last_error  # e.g. missing tables: say so, not "unavailable"
+        if self._state is None:
+            return StoreUnavailable("the version cache has not loaded yet")
+        return StoreUnavailable(
+            f"the version cache is stale: no refresh succeeded for {self.max_staleness} s"
+            + (f" ({self._last_error.message})" if self._last_error else ""))
+
+    def changed(self, known: Mapping[str, int]) -> tuple[str, dict[str, dict[str, Any]]]:
+        """The epoch, and the protocol entries of the keys whose version is not the one the
+        client knows. The hot path of a sync request: no database, no hashing of keys that
+        did not change."""
+        state = self._current()
+        stale: list[tuple[str, int, int]] = []
+        with self._lock:
+            epoch = state.epoch
+            for key, client_version in known.items():
+                version, updated = state.version(key)
+                if version != client_version:
+                    stale.append((key, version, updated))
+        return epoch, {key: {"key": key, "version": version,
+                             "hash": key_hash(epoch, key, version) if version else "",
+                             "updatedAt": updated}
+                       for key, version, updated in stale}
+
+    def read(self, keys: Collection[str]) -> Snapshot:
+        """The :class:`~reality_core.reader.VersionReader` interface, from memory."""
+        state = self._current()
+        result: dict[str, VersionInfo] = {}
+        with self._lock:
+            epoch = state.epoch
+            found = [(key, *state.version(key)) for key in keys]
+        for key, version, updated in found:
+            if version:
+                result[key] = VersionInfo(key, version, key_hash(epoch, key, version), updated)
+        return Snapshot(epoch=epoch, versions=result)
+
+    def ping(self) -> None:
+        self._current()
+
+    # ------------------------------------------------------------------------------ refresh
+
+    def _run(self) -> None:
+        delay = 0.0
+        while not self._stop.wait(delay):
+            began = time.monotonic()
+            try:
+                self.refresh()
+            except StoreError as exc:
+                if self._last_error is None or exc.message != self._last_error.message:
+                    log.warning("version cache refresh failed (will retry): %s", exc.message)
+                self._last_error = exc
+            except Exception:
+                log.exception("version cache refresh failed (will retry)")
+            delay = max(0.0, self.interval - (time.monotonic() - began))
+
+    def refresh(self) -> None:
+        """One refresh now (the thread calls this; tests may too)."""
+        began = time.monotonic()
+        state = self._state
+        if state is None:
+            state = self._load()
+        else:
+            rows = self.source.query(*refresh_statement(state.seq, self.source.paramstyle))
+            epoch, seq = _meta(rows)
+            if epoch != state.epoch or seq < state.seq:
+                # A new epoch (reset-epoch) or a fold sequence gone back (a restored backup):
+                # nothing known is trustworthy; load everything again.
+                log.info("version store epoch or fold sequence changed; reloading the cache")
+                state = self._load()
+            else:
+                self._apply(state, seq, rows)
+        self.refreshes += 1
+        self._last_error = None
+        with self._fresh:
+            self._last_ok = began
+            self._fresh.notify_all()
+        if self.source.fold_threshold is not None and \
+                sum(n for n, _ in state.logged.values()) >= self.source.fold_threshold:
+            self.source.fold_soon()
+
+    def _load(self) -> _State:
+        """Everything, in pages, then one refresh to make it one snapshot (see the module
+        docstring). Built aside and swapped in whole."""
+        paramstyle = self.source.paramstyle
+        _, seq = _meta(self.source.query(*refresh_statement(2**62, paramstyle)))
+        folded: dict[str, int] = {}
+        after: str | None = None
+        while True:
+            rows = self.source.query(*page_statement(after, PAGE, paramstyle))
+            for name, version, updated in rows:
+                folded[_text(name)] = _pack(int(version), int(updated))
+            if len(rows) < PAGE:
+                break
+            after = _text(rows[-1][0])
+        rows = self.source.query(*refresh_statement(seq, paramstyle))
+        epoch, now_seq = _meta(rows)
+        state = _State(epoch, seq, folded)
+        self._apply(state, now_seq, rows, new=True)
+        return state
+
+    def _apply(self, state: _State, seq: int, rows: Sequence[Sequence[Any]],
+               *, new: bool = False) -> None:
+        changed: dict[str, int] = {}
+        logged: dict[str, tuple[int, int]] = {}
+        for src, name, version, updated in rows:
+            source = int(src)
+            if source == 0:
+                changed[_text(name)] = _pack(int(version), int(updated or 0))
+            elif source == 2:
+                logged[_text(name)] = (int(version), int(updated or 0))
+        touched = [*changed, *logged, *state.logged]
+        with self._lock:
+            state.folded.update(changed)
+            state.logged = logged
+            state.seq = seq
+            state.rebuild_markers(touched)
+            if new:
+                self._state = state
+
+
+def _meta(rows: Sequence[Sequence[Any]]) -> tuple[str, int]:
+    epoch: str | None = None
+    seq = 0  # a store made before the fold sequence existed has no row until it folds
+    for src, name, _, _ in rows:
+        if int(src) == 1:
+            epoch = _text(name)
+        elif int(src) == 3:
+            seq = int(_text(name))
+    if epoch is None:
+        raise StoreError(
+            "the reality_meta table has no epoch row; create the tables with create_tables() "
+            'or run "reality migrate" (alembic upgrade reality@head)')
+    return epoch, seq

@@ -1,0 +1,372 @@
+"""The in-process version cache (issue 6): answers from memory, never loses a change.
+
+Real databases throughout: writers commit bumps with the store's own SQL over their own
+connections, folders fold, the cache refreshes, and the checks compare what the cache
+reports with what was committed.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from reality_core import DatabaseURL, DBAPIReader, StoreUnavailable, SyncService, VersionCache
+from reality_core.asgi import SyncASGIApp
+from reality_core.errors import ConfigurationError
+from reality_core.store import Snapshot, bump_statements, reset_epoch_statement
+from tests.test_endpoint import Store, open_store
+
+FAST = 0.01  # refresh and fold this often in tests: many refreshes per second of test
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mysql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    yield from open_store(request, tmp_path, request.param)
+
+
+class CountingReader(DBAPIReader):
+    """A real DBAPIReader that counts the statements it sends (to prove requests send none)."""
+
+    queries = 0
+
+    def query(self, sql: str, params: Any) -> list[Any]:
+        self.queries += 1
+        return super().query(sql, params)
+
+
+def counting_reader(store: Store) -> CountingReader:
+    url = store.url
+    return CountingReader(lambda: url.dbapi_connect(timeout_ms=3000), paramstyle=url.paramstyle,
+                          dialect=url.dialect, fold_threshold=None)
+
+
+def wait_until(check: Any, timeout: float = 10.0, show: Any = None) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            pytest.fail(f"condition not reached within {timeout} s"
+                        + (f": {show()}" if show is not None else ""))
+        time.sleep(0.005)
+
+
+def same(a: Snapshot, b: Snapshot) -> bool:
+    return (a.epoch, a.versions) == (b.epoch, b.versions)
+
+
+def test_cache_reports_what_the_store_reports(store: Store) -> None:
+    keys = ["a", "b", "hot", "$esc:room:"]
+    for i in range(40):
+        store.bump(*keys[: 1 + i % 4])
+    probe = ["a", "b", "hot", "room:1", "never"]
+    reader = store.reader()
+    cache = VersionCache(store.reader(), interval=FAST)
+    try:
+        assert cache.wait_ready(10)
+        expected = reader.read(probe)
+        assert same(cache.read(probe), expected)
+        assert reader.fold() == 100
+        wait_until(lambda: same(cache.read(probe), expected))
+        store.bump("a", "$esc:room:")
+        wait_until(lambda: same(cache.read(probe), reader.read(probe)))
+        assert cache.read(probe).version("room:1") == 11
+        epoch, changed = cache.changed({"a": 0, "b": 30, "never": 0, "room:2": 11})
+        assert epoch == store.epoch
+        assert set(changed) == {"a"}
+        assert changed["a"] == cache.read(["a"]).versions["a"].as_json()
+    finally:
+        cache.close()
+        reader.close()
+
+
+def test_requests_send_no_query(store: Store) -> None:
+    """Two hundred sync requests through the real ASGI app: the database sees the cache's
+    refreshes and nothing else."""
+    store.bump("room:7")
+    source = counting_reader(store)
+    cache = VersionCache(source, interval=0.2, max_staleness=5.0)
+    app = SyncASGIApp(SyncService(cache))
+
+    async def run() -> None:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+            first = await client.post("/reality/sync", json={"known": {"room:7": 0}})
+            assert first.json()["changed"]["room:7"]["version"] == 1
+            before, refreshes = source.queries, cache.refreshes
+            for _ in range(200):
+                response = await client.post("/reality/sync", json={"known": {"room:7": 1}})
+                assert response.status_code == 200
+                assert response.json()["changed"] == {}
+            assert source.queries - before == cache.refreshes - refreshes
+
+    try:
+        import asyncio
+
+        asyncio.run(run())
+    finally:
+        cache.close()
+
+
+def test_up_to_date_answer_is_small(store: Store) -> None:
+    store.bump(*(f"room:{i}" for i in range(100)))
+    cache = VersionCache(store.reader(), interval=FAST)
+    service = SyncService(cache)
+    try:
+        response = service.handle(
+            b'{"known": {' + b", ".join(b'"room:%d": 1' % i for i in range(100)) + b"}}",
+            "application/json")
+        assert response.status == 200
+        assert len(response.body) <= 100, response.body
+    finally:
+        service.close()
+
+
+def test_c11_randomized_no_change_is_lost(store: Store) -> None:
+    """Writers commit out of order (a transaction bumps, waits, commits after later ones),
+    some roll back, folders fold every 10 ms, the cache refreshes every 10 ms and readers
+    sample it; on PostgreSQL the cache's connections are also killed now and then. Every
+    committed bump must reach the cache (versions equal the commits counted), no sampled
+    version may go down, and rolled-back bumps never count."""
+    rng = random.Random(611)
+    keys = ["hot", "k1", "k2", "k3", "$esc:k"]
+    writers, per_writer = (2, 15) if store.dialect == "sqlite" else (6, 30)
+    committed: dict[str, int] = dict.fromkeys(keys, 0)
+    counted = threading.Lock()
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    cache = VersionCache(store.reader(), interval=FAST, max_staleness=5.0)
+    folder = store.reader()
+    assert cache.wait_ready(10)
+
+    def writer(seed: int) -> None:
+        local = random.Random(seed)
+        conn = store.url.dbapi_connect()
+        try:
+            for _ in range(per_writer):
+                chosen = sorted(set(local.sample(keys, local.randint(1, 3))))
+                commit = local.random() > 0.2
+                cur = conn.cursor()
+                try:
+                    cur.execute({"sqlite": "BEGIN IMMEDIATE", "mysql": "START TRANSACTION"}
+                                .get(store.dialect, "BEGIN"))
+                    for sql, params in bump_statements(store.dialect, chosen, store.paramstyle):
+                        cur.execute(sql, params)
+                    if store.dialect != "sqlite":
+                        time.sleep(local.random() * 0.03)  # commit after later transactions
+                    cur.execute("COMMIT" if commit else "ROLLBACK")
+                finally:
+                    cur.close()
+                if commit:
+                    with counted:
+                        for key in chosen:
+                            committed[key] += 1
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            conn.close()
+
+    def folding() -> None:
+        try:
+            while not stop.is_set():
+                folder.fold(batch=rng.choice([1, 3, 50]))
+                time.sleep(FAST)
+        except BaseException as exc:
+            errors.append(exc)
+
+    probe = ["hot", "k1", "k2", "k3", "k9"]
+    samples: list[dict[str, int]] = []
+
+    def sampling() -> None:
+        try:
+            while not stop.is_set():
+                snapshot = cache.read(probe)
+                samples.append({k: snapshot.version(k) for k in probe})
+                time.sleep(0.002)
+        except BaseException as exc:
+            errors.append(exc)
+
+    killed: list[bool] = []
+
+    def killing() -> None:
+        killer = store.url.dbapi_connect()
+        try:
+            while not stop.wait(0.15):
+                cur = killer.cursor()
+                cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                            "datname = current_database() AND pid <> pg_backend_pid() AND "
+                            "query LIKE %s", ("%UNION ALL SELECT 3%",))
+                killed.extend(row[0] for row in cur.fetchall())
+                cur.close()
+        finally:
+            killer.close()
+
+    threads = [threading.Thread(target=writer, args=(rng.random(),)) for _ in range(writers)]
+    background = [threading.Thread(target=folding), threading.Thread(target=sampling)]
+    if store.dialect == "postgresql":
+        background.append(threading.Thread(target=killing))
+    try:
+        for thread in [*threads, *background]:
+            thread.start()
+        for thread in threads:
+            thread.join(120)
+        folder.fold()
+        stop.set()
+        for thread in background:
+            thread.join(30)
+        assert not errors, errors
+        marker = committed.pop("$esc:k")
+        # "$esc:k" escalates every key starting with "k".
+        expected = {k: n + (marker if k.startswith("k") else 0)
+                    for k, n in committed.items()} | {"k9": marker}
+        def now() -> dict[str, int]:
+            return {k: cache.read(probe).version(k) for k in probe}
+
+        wait_until(lambda: now() == expected,
+                   show=lambda: f"cache {now()}, committed {expected}, "
+                                f"store { {k: store.version(k) for k in probe} }")
+        assert samples, "the sampler never read the cache"
+        if store.dialect == "postgresql":
+            assert any(killed), "no cache connection was ever killed"
+        for before, after in itertools.pairwise(samples):
+            for key in probe:
+                assert after[key] >= before[key], (key, before, after)
+    finally:
+        stop.set()
+        cache.close()
+        folder.close()
+
+
+def test_reset_epoch_reloads(store: Store) -> None:
+    store.bump("a")
+    cache = VersionCache(store.reader(), interval=FAST)
+    try:
+        assert cache.wait_ready(10)
+        old = cache.changed({"a": 0})[0]
+        cur = store._conn.cursor()
+        cur.execute(*reset_epoch_statement(store.paramstyle))
+        cur.close()
+        wait_until(lambda: cache.changed({"a": 0})[0] == store.epoch != old)
+        assert cache.read(["a"]).version("a") == 1
+    finally:
+        cache.close()
+
+
+def test_restored_backup_reloads(store: Store) -> None:
+    """The fold sequence going back (a restore) must not leave versions the cache made up."""
+    store.bump("a")
+    reader = store.reader()
+    cache = VersionCache(store.reader(), interval=FAST)
+    try:
+        reader.fold()
+        store.bump("a")
+        reader.fold()
+        assert cache.wait_ready(10)
+        wait_until(lambda: cache.read(["a"]).version("a") == 2)
+        cur = store._conn.cursor()
+        cur.execute("UPDATE reality_versions SET version = 7, fold_seq = 1")
+        cur.execute("UPDATE reality_meta SET value = '1' WHERE name = 'fold_seq'")
+        cur.close()
+        wait_until(lambda: cache.read(["a"]).version("a") == 7)
+    finally:
+        cache.close()
+        reader.close()
+
+
+def test_mutation_hint_sees_the_clients_own_commit(store: Store) -> None:
+    """A long refresh interval, a commit, and at once a sync with hint "mutation": it must
+    report the commit (the server waits for a refresh that began after the request)."""
+    cache = VersionCache(store.reader(), interval=0.5, max_staleness=5.0)
+    service = SyncService(cache)
+    try:
+        assert cache.wait_ready(10)
+        for n in range(1, 4):
+            store.bump("room:7")
+            result = service.sync({"room:7": n - 1}, hint="mutation")
+            assert result["changed"]["room:7"]["version"] == n
+    finally:
+        service.close()
+
+
+def test_no_refresh_means_503_then_recovery(pg_server_url: str) -> None:
+    """The database refuses connections: reads fail with StoreUnavailable within
+    max_staleness (never hang), health says why, and service resumes by itself."""
+    from tests import dbs
+
+    url = dbs.create_pg_database(pg_server_url)
+    store = Store(url)
+    admin = DatabaseURL.parse(pg_server_url).dbapi_connect()
+    name = store.url.database
+    cache = VersionCache(store.reader(), interval=FAST, max_staleness=0.5)
+    service = SyncService(cache)
+    try:
+        store.bump("a")
+        assert cache.wait_ready(10)
+        cur = admin.cursor()
+        cur.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
+        cur.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = %s AND pid <> pg_backend_pid()", (name,))
+        cur.close()
+        deadline = time.monotonic() + 10
+        while True:
+            began = time.monotonic()
+            response = service.handle(b'{"known": {"a": 0}}', "application/json")
+            assert time.monotonic() - began < 1.0
+            if response.status == 503:
+                break
+            assert response.status == 200
+            assert time.monotonic() < deadline, "never noticed the outage"
+            time.sleep(0.02)
+        assert dict(response.headers)["retry-after"] == "2"
+        assert b"store_unavailable" in response.body
+        assert service.health().status == 503
+        with pytest.raises(StoreUnavailable):
+            cache.read(["a"])
+        cur = admin.cursor()
+        cur.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        cur.close()
+        wait_until(lambda: service.health().status == 200)
+        assert service.sync({"a": 0})["changed"]["a"]["version"] == 1
+    finally:
+        service.close()
+        store.close()
+        admin.close()
+        dbs.drop_pg_database(url, pg_server_url)
+
+
+def test_missing_tables_say_so(tmp_path: Path) -> None:
+    import sqlite3
+
+    sqlite3.connect(tmp_path / "empty.db").close()
+    cache = VersionCache(DBAPIReader.from_url(f"sqlite:///{tmp_path}/empty.db"),
+                         interval=FAST, max_staleness=0.5)
+    service = SyncService(cache)
+    try:
+        response = service.handle(b'{"known": {"a": 0}}', "application/json")
+        assert response.status == 503
+        assert b"store_not_ready" in response.body
+    finally:
+        service.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"interval": 0}, "interval must be a positive number"),
+        ({"interval": True}, "interval must be a positive number"),
+        ({"max_staleness": "2"}, "max_staleness must be a positive number"),
+        ({"interval": 1.0, "max_staleness": 0.5}, "must be longer than interval"),
+    ],
+)
+def test_bad_settings_are_refused(tmp_path: Path, kwargs: dict[str, Any], message: str) -> None:
+    reader = DBAPIReader.from_url(f"sqlite:///{tmp_path}/x.db")
+    with pytest.raises(ConfigurationError, match=message):
+        VersionCache(reader, **kwargs)
+    with pytest.raises(ConfigurationError, match="source must be a DBAPIReader"):
+        VersionCache("sqlite:///x.db")  # type: ignore[arg-type]
