@@ -224,10 +224,18 @@ class VersionCache:
         stale: list[tuple[str, int, int]] = []
         with self._lock:
             epoch = state.epoch
-            for key, client_version in known.items():
-                version, updated = state.version(key)
-                if version != client_version:
-                    stale.append((key, version, updated))
+            folded, logged = state.folded.get, state.logged
+            if not logged and not state.markers:
+                # The usual case, inlined: nothing pending, no escalation.
+                for key, client_version in known.items():
+                    packed = folded(key, 0)
+                    if packed >> _TIME_BITS != client_version:
+                        stale.append((key, packed >> _TIME_BITS, packed & _TIME_MASK))
+            else:
+                for key, client_version in known.items():
+                    version, updated = state.version(key)
+                    if version != client_version:
+                        stale.append((key, version, updated))
         return epoch, {key: {"key": key, "version": version,
                              "hash": key_hash(epoch, key, version) if version else "",
                              "updatedAt": updated}

@@ -105,14 +105,15 @@ class SyncService:
 
     def sync(
         self, known: Mapping[str, int], *, headers: Mapping[str, str] | None = None,
-        hint: str | None = None,
+        hint: str | None = None, _validated: bool = False,
     ) -> dict[str, Any]:
         """The protocol's response for ``known``, as a dict. Raises :class:`ProtocolError`
         for invalid input and :class:`StoreError` when the store cannot be read. With
         ``hint="mutation"`` and a cache, waits for a fresh refresh (see the class)."""
         if self._folder is not None:
             self._folder.start()
-        checked = validate_known(known, self.limits)
+        # handle() has validated already (parse_body); callers of sync() may not have.
+        checked = known if _validated else validate_known(known, self.limits)
         self._authorize(checked, headers or {})
         cache = self.cache
         if cache is not None:
@@ -176,7 +177,8 @@ class SyncService:
             request = parse_body(body, content_type, self.limits)
             if not may_wait and request.hint == "mutation":
                 return None
-            result = self.sync(request.known, headers=headers, hint=request.hint)
+            result = self.sync(request.known, headers=headers, hint=request.hint,
+                               _validated=True)
         except ProtocolError as exc:
             return error_response(exc.status, exc.code, exc.message)
         except StoreError as exc:

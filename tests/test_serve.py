@@ -191,6 +191,48 @@ def test_serve_with_two_workers(tmp_path: Path, sqlite_store: Store) -> None:
     assert_stopped(server)
 
 
+def test_two_servers_on_one_database_agree(tmp_path: Path, pg_server_url: str) -> None:
+    """Horizontal scale: two `reality serve` processes (each with its own cache, one of them
+    with two workers, and a third without cache) report the same version, hash and epoch
+    for every key, with and without the mutation hint, while keys keep changing and
+    folding runs in each of them."""
+    url = dbs.create_pg_database(pg_server_url)
+    store = Store(url)
+    keys = [f"room:{i}" for i in range(20)]
+    try:
+        with serve(tmp_path, url) as one, \
+                serve(tmp_path, url, "--workers", "2", "--refresh-interval", "0.02") as two, \
+                serve(tmp_path, url, "--no-cache") as naive:
+            for round_ in range(15):
+                store.bump(*keys[: 1 + round_ % len(keys)], "$esc:room:1")
+                truth = {k: v for k in keys if (v := store.version(k))}
+                known = {"known": dict.fromkeys(keys, 0), "hint": "mutation"}
+                answers = [httpx.post(f"{s.url}/sync", json=known, timeout=30)
+                           for s in (one, two, naive)]
+                for answer in answers:
+                    assert answer.status_code == 200, answer.text
+                    assert answer.json()["epoch"] == store.epoch
+                    assert {k: v["version"] for k, v in answer.json()["changed"].items()} \
+                        == truth
+                assert answers[0].json()["changed"] == answers[1].json()["changed"] \
+                    == answers[2].json()["changed"]
+            # Without the hint every process converges on its own within its refresh.
+            idle = {"known": dict.fromkeys(keys, 0)}
+            deadline = time.monotonic() + 10
+            while True:
+                changed = [httpx.post(f"{s.url}/sync", json=idle, timeout=30).json()["changed"]
+                           for s in (one, two, two, naive)]
+                if all(c == changed[-1] for c in changed):
+                    break
+                assert time.monotonic() < deadline, changed
+                time.sleep(0.05)
+        for server in (one, two, naive):
+            assert_stopped(server)
+    finally:
+        store.close()
+        dbs.drop_pg_database(url, pg_server_url)
+
+
 def test_serve_an_unreachable_database_starts_and_reports_503(tmp_path: Path) -> None:
     url = "postgresql://postgres@127.0.0.1:1/nowhere?connect_timeout=3"
     with serve(tmp_path, url) as server:
@@ -213,6 +255,12 @@ def test_serve_an_unreachable_database_starts_and_reports_503(tmp_path: Path) ->
         (["--port", "70000"], "a port is a number from 1 to 65535, not '70000'"),
         (["--port", "-5"], "a port is a number from 1 to 65535"),
         (["--workers", "0"], "expected a positive integer, not '0'"),
+        (["--refresh-interval", "0"], "expected seconds, e.g. 0.05, not '0'"),
+        (["--refresh-interval", "soon"], "expected seconds, e.g. 0.05, not 'soon'"),
+        (["--max-staleness", "-1"], "expected seconds"),
+        (["--refresh-interval", "3", "--max-staleness", "2"],
+         "--max-staleness must be longer than --refresh-interval"),
+        (["--max-in-flight", "0"], "expected a positive integer, not '0'"),
         (["--base", "reality"], "base must be a path like '/reality'"),
         (["--database-url", "nope"], "not a database URL: 'nope'"),
         (["--database-url", "oracle://scott:tiger@db/orcl"], "'oracle' is not one of them"),
