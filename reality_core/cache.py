@@ -123,13 +123,27 @@ class VersionCache:
     ``interval``: seconds between refreshes (one query each). ``max_staleness``: seconds
     without a successful refresh after which reads fail with ``StoreUnavailable``.
     The refresh thread starts with the first read, or with :meth:`start`.
+
+    ``replica`` (PostgreSQL only): a reader on a streaming replica of ``source``'s database;
+    refreshes then read there and the primary sees only folds and, per ``mutation`` request,
+    one ``pg_current_wal_insert_lsn()``: such a request waits until the replica has replayed
+    past the primary's WAL position at its arrival, so the client still sees its own write.
+    Versions served are then as old as the replica's lag plus one interval.
     """
 
     def __init__(
-        self, source: DBAPIReader, *, interval: float = 0.05, max_staleness: float = 2.0
+        self, source: DBAPIReader, *, interval: float = 0.05, max_staleness: float = 2.0,
+        replica: DBAPIReader | None = None,
     ) -> None:
         if not isinstance(source, DBAPIReader):
             raise ConfigurationError(f"source must be a DBAPIReader, not {source!r}")
+        if replica is not None and not (
+            isinstance(replica, DBAPIReader) and replica.dialect == "postgresql"
+            and source.dialect == "postgresql"
+        ):
+            raise ConfigurationError(
+                "replica must be a DBAPIReader on a PostgreSQL streaming replica of a "
+                f"PostgreSQL source, not {replica!r}")
         for name, value in (("interval", interval), ("max_staleness", max_staleness)):
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ConfigurationError(f"{name} must be a positive number, not {value!r}")
@@ -137,9 +151,14 @@ class VersionCache:
             raise ConfigurationError(
                 f"max_staleness ({max_staleness}) must be longer than interval ({interval})")
         self.source = source
+        self.replica = replica
+        self._reads = replica if replica is not None else source
+        self._replayed = -1  # WAL position the replica had replayed at the last refresh
         self.interval = float(interval)
         self.max_staleness = float(max_staleness)
         self.refreshes = 0  # successful refreshes (for tests and benchmarks)
+        #: Fold the log every this many seconds from the refresh thread (SyncService sets it).
+        self.fold_interval: float | None = None
         self._state: _State | None = None
         self._lock = threading.Lock()  # guards _state's contents while a refresh applies
         self._fresh = threading.Condition()
@@ -169,6 +188,8 @@ class VersionCache:
         if thread is not None:
             thread.join(timeout=10)
         self.source.close()
+        if self.replica is not None:
+            self.replica.close()
 
     def wait_ready(self, timeout: float) -> bool:
         """Start if needed and wait until the first load is done (or ``timeout``)."""
@@ -182,9 +203,19 @@ class VersionCache:
         succeeds within ``timeout`` (default: ``max_staleness``)."""
         self.start()
         asked = time.monotonic()
+        limit = self.max_staleness if timeout is None else timeout
+        if self.replica is not None:
+            # What the client committed lies before the primary's WAL insert position now
+            # (the write position can lag behind it with synchronous_commit off).
+            rows = self.source.query("SELECT CAST(pg_current_wal_insert_lsn() AS TEXT)", ())
+            needed = _lsn(rows[0][0])
+            with self._fresh:
+                if not self._fresh.wait_for(lambda: self._replayed >= needed, limit):
+                    raise StoreUnavailable(
+                        f"the read replica did not replay the primary's commits within {limit} s")
+            return
         with self._fresh:
-            if not self._fresh.wait_for(lambda: self._last_ok >= asked,
-                                        self.max_staleness if timeout is None else timeout):
+            if not self._fresh.wait_for(lambda: self._last_ok >= asked, limit):
                 raise self._unavailable()
 
     # -------------------------------------------------------------------------------- reads
@@ -260,10 +291,19 @@ class VersionCache:
 
     def _run(self) -> None:
         delay = 0.0
+        next_fold = time.monotonic()
         while not self._stop.wait(delay):
             began = time.monotonic()
             try:
-                self.refresh()
+                state = self._state
+                if self.fold_interval is not None and began >= next_fold and \
+                        state is not None and state.logged:
+                    # Folding takes this tick's slot, so a process never sends more than one
+                    # statement per interval, and folds only when the log has rows.
+                    next_fold = began + self.fold_interval
+                    self.source.fold()
+                else:
+                    self.refresh()
             except StoreError as exc:
                 if self._last_error is None or exc.message != self._last_error.message:
                     log.warning("version cache refresh failed (will retry): %s", exc.message)
@@ -277,45 +317,56 @@ class VersionCache:
         began = time.monotonic()
         state = self._state
         if state is None:
-            state = self._load()
+            replayed = self._replay_position()
+            state, rows = self._load()
         else:
-            rows = self.source.query(*refresh_statement(state.seq, self.source.paramstyle))
+            replayed = self._replay_position()
+            rows = self._reads.query(*refresh_statement(state.seq, self._reads.paramstyle))
             epoch, seq = _meta(rows)
             if epoch != state.epoch or seq < state.seq:
                 # A new epoch (reset-epoch) or a fold sequence gone back (a restored backup):
                 # nothing known is trustworthy; load everything again.
                 log.info("version store epoch or fold sequence changed; reloading the cache")
-                state = self._load()
+                state, _ = self._load()
             else:
                 self._apply(state, seq, rows)
         self.refreshes += 1
         self._last_error = None
         with self._fresh:
             self._last_ok = began
+            self._replayed = max(self._replayed, replayed)
             self._fresh.notify_all()
         if self.source.fold_threshold is not None and \
                 sum(n for n, _ in state.logged.values()) >= self.source.fold_threshold:
             self.source.fold_soon()
 
-    def _load(self) -> _State:
+    def _replay_position(self) -> int:
+        """How far the replica has replayed, read *before* the refresh's snapshot is taken
+        (so the snapshot holds at least that much; the position only grows)."""
+        if self.replica is None:
+            return -1
+        rows = self.replica.query("SELECT CAST(pg_last_wal_replay_lsn() AS TEXT)", ())
+        return _lsn(rows[0][0]) if rows and rows[0][0] is not None else -1
+
+    def _load(self) -> tuple[_State, Sequence[Sequence[Any]]]:
         """Everything, in pages, then one refresh to make it one snapshot (see the module
         docstring). Built aside and swapped in whole."""
-        paramstyle = self.source.paramstyle
-        _, seq = _meta(self.source.query(*refresh_statement(2**62, paramstyle)))
+        paramstyle = self._reads.paramstyle
+        _, seq = _meta(self._reads.query(*refresh_statement(2**62, paramstyle)))
         folded: dict[str, int] = {}
         after: str | None = None
         while True:
-            rows = self.source.query(*page_statement(after, PAGE, paramstyle))
+            rows = self._reads.query(*page_statement(after, PAGE, paramstyle))
             for name, version, updated in rows:
                 folded[_text(name)] = _pack(int(version), int(updated))
             if len(rows) < PAGE:
                 break
             after = _text(rows[-1][0])
-        rows = self.source.query(*refresh_statement(seq, paramstyle))
+        rows = self._reads.query(*refresh_statement(seq, paramstyle))
         epoch, now_seq = _meta(rows)
         state = _State(epoch, seq, folded)
         self._apply(state, now_seq, rows, new=True)
-        return state
+        return state, rows
 
     def _apply(self, state: _State, seq: int, rows: Sequence[Sequence[Any]],
                *, new: bool = False) -> None:
@@ -335,6 +386,12 @@ class VersionCache:
             state.rebuild_markers(touched)
             if new:
                 self._state = state
+
+
+def _lsn(text: Any) -> int:
+    """A PostgreSQL WAL position (``16/B374D848``) as a number."""
+    high, low = _text(text).split("/")
+    return (int(high, 16) << 32) | int(low, 16)
 
 
 def _meta(rows: Sequence[Sequence[Any]]) -> tuple[str, int]:

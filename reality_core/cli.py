@@ -4,6 +4,7 @@
 
     reality serve   --database-url URL [--host H] [--port P] [--base /reality] [--workers N]
                     [--refresh-interval S] [--max-staleness S] [--no-cache] [--max-in-flight N]
+                    [--replica-url URL]
     reality migrate --database-url URL [--revision reality@head] [--downgrade REVISION]
     reality fold    --database-url URL
     reality reset-epoch --database-url URL
@@ -76,6 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-staleness", type=_seconds, default=2.0, metavar="SECONDS",
                        help="answer 503 when the cache has not refreshed for this long "
                             "(default 2)")
+    serve.add_argument("--replica-url", type=_url, default=None,
+                       help="a PostgreSQL streaming replica to read cache refreshes from")
     serve.add_argument("--no-cache", action="store_true",
                        help="query the database for every request instead of caching")
     serve.add_argument("--max-in-flight", type=_positive, default=256,
@@ -116,9 +119,11 @@ def serve_app() -> object:
         raise RealityError(f"{ENV_URL} is not set; start the server with 'reality serve'")
     options = json.loads(os.environ.get(ENV_OPTIONS, "{}"))
     reader = DBAPIReader.from_url(url)
+    replica = options.get("replica_url")
     source = reader if options.get("no_cache") else VersionCache(
         reader, interval=options.get("refresh_interval", 0.05),
-        max_staleness=options.get("max_staleness", 2.0))
+        max_staleness=options.get("max_staleness", 2.0),
+        replica=DBAPIReader.from_url(replica, fold_threshold=None) if replica else None)
     return SyncASGIApp(SyncService(source, fold_interval=1.0),
                        base=os.environ.get(ENV_BASE, "/reality"),
                        max_in_flight=options.get("max_in_flight", 256))
@@ -138,7 +143,14 @@ def _serve(args: argparse.Namespace) -> int:
     # The factory runs in each worker process: the options travel in the environment.
     os.environ[ENV_OPTIONS] = json.dumps({
         "no_cache": args.no_cache, "refresh_interval": args.refresh_interval,
-        "max_staleness": args.max_staleness, "max_in_flight": args.max_in_flight})
+        "max_staleness": args.max_staleness, "max_in_flight": args.max_in_flight,
+        "replica_url": args.replica_url})
+    if args.replica_url and (args.no_cache or DatabaseURL.parse(args.replica_url).dialect
+                             != "postgresql" or DatabaseURL.parse(args.database_url).dialect
+                             != "postgresql"):
+        print("reality serve: --replica-url needs PostgreSQL for both URLs and the cache "
+              "(not --no-cache)", file=sys.stderr)
+        return 2
     if args.max_staleness <= args.refresh_interval:
         print("reality serve: --max-staleness must be longer than --refresh-interval",
               file=sys.stderr)

@@ -229,20 +229,28 @@ def bump_failed(exc: BaseException, count: int) -> WritePathError:
 
 def read_statement(keys: Collection[str], paramstyle: str) -> tuple[str, Params]:
     """One statement, one snapshot: folded counts and log counts of ``keys`` and of every
-    escalation marker, plus the epoch."""
+    escalation marker, plus the epoch. The key list and the marker range are separate
+    branches so each is an index lookup (``IN (...) OR range`` makes PostgreSQL scan the
+    whole table); ``UNION`` drops the duplicate when a requested key is itself a marker."""
     ph = Placeholders(paramstyle)
 
-    def where() -> str:
-        in_list = ", ".join(ph.next("k", k) for k in keys) if keys else "NULL"
+    def in_list() -> str:
+        return ", ".join(ph.next("k", k) for k in keys) if keys else "NULL"
+
+    def markers() -> str:
         lo = ph.next("lo", ESCALATION_PREFIX)
         hi = ph.next("hi", ESCALATION_PREFIX[:-1] + chr(ord(ESCALATION_PREFIX[-1]) + 1))
-        return f"key_name IN ({in_list}) OR (key_name >= {lo} AND key_name < {hi})"
+        return f"key_name >= {lo} AND key_name < {hi}"
 
     sql = (
-        f"SELECT 0, key_name, version, updated_at FROM {VERSIONS_TABLE} WHERE {where()} "
-        f"UNION ALL SELECT 2, key_name, COUNT(*), MAX(created_at) FROM {LOG_TABLE} "
-        f"WHERE {where()} GROUP BY key_name "
-        f"UNION ALL SELECT 1, value, 0, 0 FROM {META_TABLE} WHERE name = 'epoch'"
+        f"SELECT 0, key_name, version, updated_at FROM {VERSIONS_TABLE} "
+        f"WHERE key_name IN ({in_list()}) "
+        f"UNION SELECT 0, key_name, version, updated_at FROM {VERSIONS_TABLE} WHERE {markers()} "
+        f"UNION SELECT 2, key_name, COUNT(*), MAX(created_at) FROM {LOG_TABLE} "
+        f"WHERE key_name IN ({in_list()}) GROUP BY key_name "
+        f"UNION SELECT 2, key_name, COUNT(*), MAX(created_at) FROM {LOG_TABLE} "
+        f"WHERE {markers()} GROUP BY key_name "
+        f"UNION SELECT 1, value, 0, 0 FROM {META_TABLE} WHERE name = 'epoch'"
     )
     return sql, ph.params
 

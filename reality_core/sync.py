@@ -79,9 +79,15 @@ class SyncService:
         self.authorizer = authorizer
         self.retry_after = retry_after
         self._folder: Folder | None = None
-        source = reader.source if isinstance(reader, VersionCache) else reader
-        if fold_interval is not None and isinstance(source, DBAPIReader) and source.dialect:
-            self._folder = Folder(source, interval=fold_interval)
+        if fold_interval is not None and isinstance(reader, VersionCache):
+            if isinstance(fold_interval, bool) or not isinstance(fold_interval, int | float) \
+                    or fold_interval <= 0:
+                raise ConfigurationError(
+                    f"fold interval must be a positive number, not {fold_interval!r}")
+            # The cache's thread folds in place of a refresh: one statement per interval.
+            reader.fold_interval = float(fold_interval)
+        elif fold_interval is not None and isinstance(reader, DBAPIReader) and reader.dialect:
+            self._folder = Folder(reader, interval=fold_interval)
 
     @property
     def cache(self) -> VersionCache | None:

@@ -195,6 +195,36 @@ def start_local_cluster() -> LocalCluster:
     return cluster
 
 
+def start_replica(primary: LocalCluster) -> LocalCluster:
+    """A streaming replica of ``primary`` (a cluster from :func:`start_local_cluster`, whose
+    trust pg_hba allows replication from loopback), in hot standby; stopped at exit."""
+    datadir = Path(tempfile.mkdtemp(prefix="reality-replica-", dir="/tmp"))
+    if os.geteuid() == 0:
+        shutil.chown(datadir, user="postgres", group="postgres")
+    replica = LocalCluster(datadir=datadir, port=_free_port(), bindir=primary.bindir)
+    atexit.register(replica.stop)
+    try:
+        # initdb/pg_ctl may be symlinks on PATH; pg_basebackup sits beside their targets.
+        basebackup = (primary.bindir / "pg_ctl").resolve().parent / "pg_basebackup"
+        _run_pg([str(basebackup), "-h", "127.0.0.1", "-p",
+                 str(primary.port), "-U", "postgres", "-D", str(datadir), "-R", "-X", "stream",
+                 "--no-sync"])
+        options = (f"{_PG_FLAGS} -c listen_addresses=127.0.0.1 -p {replica.port} "
+                   f"-c unix_socket_directories={datadir} -c hot_standby=on")
+        _run_pg([str(primary.bindir / "pg_ctl"), "start", "-D", str(datadir), "-w", "-t", "60",
+                 "-l", str(datadir / "server.log"), "-o", options])
+    except subprocess.CalledProcessError as exc:
+        log = datadir / "server.log"
+        tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+        replica.stop()
+        raise RuntimeError(f"{shlex.join(exc.cmd)} failed:\n{exc.stdout}{exc.stderr}{tail}"
+                           ) from exc
+    except BaseException:
+        replica.stop()
+        raise
+    return replica
+
+
 def _from_testcontainers() -> str:
     """Start a PostgreSQL container; raises quickly when no Docker daemon answers."""
     with warnings.catch_warnings():

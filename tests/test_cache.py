@@ -370,3 +370,88 @@ def test_bad_settings_are_refused(tmp_path: Path, kwargs: dict[str, Any], messag
         VersionCache(reader, **kwargs)
     with pytest.raises(ConfigurationError, match="source must be a DBAPIReader"):
         VersionCache("sqlite:///x.db")  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def primary_and_replica() -> Iterator[tuple[str, str]]:
+    """A throwaway PostgreSQL primary and a streaming replica of it, from the local
+    binaries (the shared server's pg_hba allows no replication connections)."""
+    from tests import dbs
+
+    try:
+        primary = dbs.start_local_cluster()
+    except RuntimeError as exc:
+        pytest.fail(f"cannot start a local PostgreSQL cluster for the replica test: {exc}")
+    try:
+        Store(primary.url).close()  # Reality's tables, before the replica copies the cluster
+        replica = dbs.start_replica(primary)
+        try:
+            yield primary.url, replica.url
+        finally:
+            replica.stop()
+    finally:
+        primary.stop()
+
+
+@pytest.mark.postgres
+def test_refreshes_read_the_replica(primary_and_replica: tuple[str, str]) -> None:
+    """With a read replica, refreshes (and the first load) go to the replica; the primary
+    answers only folds and one WAL-position query per mutation request, and a mutation
+    request still sees the client's own commit. When the replica stops replaying, the
+    mutation request fails with StoreUnavailable in bounded time instead of lying."""
+    primary_url, replica_url = primary_and_replica
+    store = Store(primary_url)
+    replica_conn = DatabaseURL.parse(replica_url).dbapi_connect()
+    primary = counting_reader(store)
+    replica_url_parsed = DatabaseURL.parse(replica_url)
+    replica = CountingReader(lambda: replica_url_parsed.dbapi_connect(timeout_ms=3000),
+                             paramstyle="format", dialect="postgresql", fold_threshold=None)
+    cache = VersionCache(primary, replica=replica, interval=FAST, max_staleness=5.0)
+    service = SyncService(cache)
+    try:
+        assert cache.wait_ready(10)
+        for n in range(1, 6):
+            store.bump("room:7")
+            assert service.sync({"room:7": n - 1}, hint="mutation")["changed"]["room:7"][
+                "version"] == n
+        assert primary.queries == 5  # one pg_current_wal_insert_lsn() per mutation request
+        assert replica.queries >= 5
+        wait_until(lambda: service.sync({"room:7": 0})["changed"]["room:7"]["version"] == 5)
+
+        replica_conn.cursor().execute("SELECT pg_wal_replay_pause()")
+        store.bump("room:7")
+        began = time.monotonic()
+        with pytest.raises(StoreUnavailable, match="did not replay"):
+            cache.wait_fresh(timeout=0.5)
+        assert time.monotonic() - began < 3
+        # Meanwhile every other request is answered from the replica's (older) state.
+        assert service.sync({"room:7": 5})["changed"] == {}
+        replica_conn.cursor().execute("SELECT pg_wal_replay_resume()")
+        assert service.sync({"room:7": 5}, hint="mutation")["changed"]["room:7"]["version"] == 6
+    finally:
+        service.close()
+        replica_conn.close()
+        store.close()
+
+
+def test_a_replica_must_be_postgresql(tmp_path: Path) -> None:
+    reader = DBAPIReader.from_url(f"sqlite:///{tmp_path}/x.db")
+    with pytest.raises(ConfigurationError, match="streaming replica"):
+        VersionCache(reader, replica=DBAPIReader.from_url(f"sqlite:///{tmp_path}/y.db"))
+
+
+def test_the_cache_thread_folds_in_place_of_a_refresh(store: Store) -> None:
+    """SyncService(cache, fold_interval=...) folds from the cache's own thread (no Folder
+    thread, no extra statements per interval), and only while the log has rows."""
+    cache = VersionCache(store.reader(), interval=FAST)
+    service = SyncService(cache, fold_interval=0.05)
+    try:
+        assert cache.fold_interval == 0.05
+        for _ in range(20):
+            store.bump("hot", "cold")
+        assert service.sync({"hot": 0}, hint="mutation")["changed"]["hot"]["version"] == 20
+        wait_until(lambda: int(store.query("SELECT COUNT(*) FROM reality_log")[0][0]) == 0)
+        assert service.sync({"hot": 20, "cold": 0})["changed"]["cold"]["version"] == 20
+        assert service.sync({"hot": 20, "cold": 20})["changed"] == {}
+    finally:
+        service.close()
