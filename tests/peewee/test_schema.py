@@ -52,4 +52,4 @@ def test_create_tables_makes_the_migrated_schema(two_databases: tuple[str, str])
     schema = _schema(created)
     assert schema == _schema(migrated)
     assert [c["name"] for c in schema["reality_versions"]["columns"]] == [
-        "key_name", "version", "hash", "updated_at"]
+        "key_name", "version", "hash", "updated_at", "fold_seq"]
