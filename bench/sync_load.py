@@ -746,7 +746,10 @@ def run_throughput(store: Store, have: set[str], bodies: Sequence[Body], bodies_
         for n in range(args.rounds):
             order = VARIANTS if n % 2 == 0 else VARIANTS[::-1]
             for variant in order:
-                flags = variant_flags(variant, have, args.refresh_interval)
+                # Capacity is measured without shedding (wrk's closed loop always saturates
+                # the server); the overload phase measures shedding with its own limit.
+                flags = variant_flags(variant, have, args.refresh_interval,
+                                      max(4 * args.connections, 1024))
                 r = throughput_round(store, variant, workers, flags, bodies, bodies_file, args,
                                      log_dir)
                 case.rounds[variant].append(r)

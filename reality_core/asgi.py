@@ -52,7 +52,7 @@ class SyncASGIApp:
         *,
         base: str = "/reality",
         cors: CORSPolicy | None = None,
-        max_in_flight: int | None = 256,
+        max_in_flight: int | None = 64,
     ) -> None:
         if not isinstance(service, SyncService):
             raise ConfigurationError(f"service must be a SyncService, not {service!r}")
@@ -147,6 +147,12 @@ class SyncASGIApp:
             if not message.get("more_body", False):
                 break
         body = b"".join(chunks)
+        # Yield once before answering. An answer from memory never awaits anything, so
+        # without this each request would run start to finish in one step, the in-flight
+        # count would never pass 1, and under overload requests would queue unseen in the
+        # server and the socket. With it, every request that has arrived is counted before
+        # any is answered, and the ones past max_in_flight are shed at once.
+        await asyncio.sleep(0)
         # From the cache's memory, on the event loop: a thread hop would cost more than the
         # answer. Only what may block (the database, a wait for a refresh) goes to a thread.
         response = self.service.handle_now(body, headers.get("content-type"), headers)

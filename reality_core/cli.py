@@ -81,9 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a PostgreSQL streaming replica to read cache refreshes from")
     serve.add_argument("--no-cache", action="store_true",
                        help="query the database for every request instead of caching")
-    serve.add_argument("--max-in-flight", type=_positive, default=256,
-                       help="sync requests handled at once per process; more get 503 "
-                            "(default 256)")
+    serve.add_argument("--max-in-flight", type=_positive, default=64,
+                       help="sync requests handled or waiting at once per process; more get "
+                            "503 at once (default 64)")
 
     migrate = sub.add_parser("migrate", help="create or upgrade the metadata tables (alembic)")
     migrate.add_argument("--database-url", type=_url, required=True)
@@ -126,7 +126,7 @@ def serve_app() -> object:
         replica=DBAPIReader.from_url(replica, fold_threshold=None) if replica else None)
     return SyncASGIApp(SyncService(source, fold_interval=1.0),
                        base=os.environ.get(ENV_BASE, "/reality"),
-                       max_in_flight=options.get("max_in_flight", 256))
+                       max_in_flight=options.get("max_in_flight", 64))
 
 
 def _serve(args: argparse.Namespace) -> int:

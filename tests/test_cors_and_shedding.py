@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from reality_core import CORSPolicy, DBAPIReader, SyncService
+from reality_core import CORSPolicy, DBAPIReader, SyncService, VersionCache
 from reality_core.asgi import SyncASGIApp
 from reality_core.errors import ConfigurationError
 from reality_core.store import Snapshot
@@ -149,3 +149,27 @@ def test_bad_max_in_flight_is_refused(store: Store) -> None:
             SyncASGIApp(SyncService(reader), max_in_flight=0)
     finally:
         reader.close()
+
+
+async def test_a_flood_of_cached_requests_is_shed_and_recovers(store: Store) -> None:
+    """Answers from the cache never wait on anything; the app must still see a flood (all
+    requests arrived at once) and shed what exceeds max_in_flight, answering the rest."""
+    store.bump("room:7")
+    cache = VersionCache(store.reader(), interval=0.05)
+    app = SyncASGIApp(SyncService(cache), max_in_flight=8)
+    try:
+        assert cache.wait_ready(10)
+        async with client(app) as http:
+            answers = await asyncio.gather(*(http.post("/reality/sync", json=BODY)
+                                             for _ in range(100)))
+            statuses = [a.status_code for a in answers]
+            assert statuses.count(200) >= 8, statuses
+            assert statuses.count(503) > 0, statuses
+            assert set(statuses) == {200, 503}
+            for shed in (a for a in answers if a.status_code == 503):
+                assert shed.headers["retry-after"] == "1"
+                assert shed.json()["code"] == "overloaded"
+            again = await http.post("/reality/sync", json=BODY)
+            assert again.status_code == 200
+    finally:
+        cache.close()
