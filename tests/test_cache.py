@@ -458,3 +458,58 @@ def test_the_cache_thread_folds_in_place_of_a_refresh(store: Store) -> None:
         assert service.sync({"hot": 20, "cold": 20})["changed"] == {}
     finally:
         service.close()
+
+
+@pytest.mark.postgres
+def test_c12_database_restart_loses_nothing() -> None:
+    """The database restarts under a running cache (its own throwaway cluster): reads fail
+    with StoreUnavailable while it is down (never a wrong version), the cache reconnects by
+    itself, and every commit from before, during-the-gap and after is reported exactly."""
+    from tests import dbs
+
+    try:
+        cluster = dbs.start_local_cluster()
+    except RuntimeError as exc:
+        pytest.fail(f"cannot start a local PostgreSQL cluster for the restart test: {exc}")
+    store = Store(cluster.url)
+    cache = VersionCache(store.reader(), interval=FAST, max_staleness=0.5)
+    seen: list[int] = []
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def sampling() -> None:
+        while not stop.is_set():
+            try:
+                seen.append(cache.read(["room:7"]).version("room:7"))
+            except StoreUnavailable:
+                pass  # the database is down: no answer is the right answer
+            except BaseException as exc:
+                errors.append(exc)
+            time.sleep(0.002)
+
+    sampler = threading.Thread(target=sampling)
+    try:
+        for _ in range(5):
+            store.bump("room:7")
+        assert cache.wait_ready(10)
+        sampler.start()
+        wait_until(lambda: cache.read(["room:7"]).version("room:7") == 5)
+        store.close()
+        dbs._run_pg([str(cluster.bindir / "pg_ctl"), "restart", "-D", str(cluster.datadir),
+                     "-m", "fast", "-w", "-t", "60",
+                     # (a log file, or the new postmaster would hold our output pipe open)
+                     "-l", str(cluster.datadir / "server.log")])
+        store = Store(cluster.url)
+        for _ in range(3):
+            store.bump("room:7")
+        wait_until(lambda: cache.ready and cache.read(["room:7"]).version("room:7") == 8)
+        stop.set()
+        sampler.join(10)
+        assert not errors, errors
+        assert seen
+        assert all(a <= b for a, b in itertools.pairwise(seen)), seen
+    finally:
+        stop.set()
+        cache.close()
+        store.close()
+        cluster.stop()
