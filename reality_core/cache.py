@@ -32,8 +32,9 @@ locked, unreachable), reads raise :class:`~reality_core.errors.StoreUnavailable`
 endpoint answers 503 with ``Retry-After``) rather than serve versions that may be old; the
 refresh keeps retrying and service resumes by itself.
 
-Memory: one dict entry per key with a version (the key string and one int packing version
-and update time); about 120 bytes a key, so 1,000,000 keys need about 120 MB.
+Memory: the first load is kept packed (:class:`_Cold`: about 35 bytes a key); keys clients
+ask about, and keys changed since, move to a dict (about 140 bytes a key). So memory follows
+the keys in use, not every key ever written.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from array import array
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Final
 
@@ -52,6 +54,7 @@ from .store import Snapshot, VersionInfo, key_hash, page_statement, refresh_stat
 log = logging.getLogger("reality.cache")
 
 PAGE: Final = 10_000
+_MARKER: Final = ESCALATION_PREFIX.encode()
 # Versions and update times (ms) share one int: one object per key instead of a tuple of two.
 _TIME_BITS: Final = 42
 _TIME_MASK: Final = (1 << _TIME_BITS) - 1
@@ -66,20 +69,74 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes | bytearray) else str(value)
 
 
+class _Cold:
+    """The folded counts of the first load, packed: one bytes blob of the keys in key order,
+    their offsets, versions and update times in arrays (about 35 bytes a key instead of
+    ~140 in a dict). Looked up by binary search; a key found is promoted to the dict, so
+    keys clients ask about are then a dict lookup away. Never changed after the load:
+    later changes go to the dict, which takes precedence."""
+
+    __slots__ = ("blob", "last", "offsets", "times", "versions")
+
+    def __init__(self) -> None:
+        self.blob = bytearray()
+        self.offsets = array("Q", [0])
+        self.versions = array("q")
+        self.times = array("q")
+        self.last = b""
+
+    def append(self, key: bytes, version: int, updated: int) -> bool:
+        """Add the next key; False if it is out of order (the caller keeps it elsewhere)."""
+        if key <= self.last and self.versions:
+            return False
+        self.blob += key
+        self.offsets.append(len(self.blob))
+        self.versions.append(version)
+        self.times.append(updated)
+        self.last = key
+        return True
+
+    def get(self, key: str) -> int | None:
+        """The packed (version, updated_at) of ``key``, or None."""
+        wanted = key.encode()
+        blob, offsets = self.blob, self.offsets
+        lo, hi = 0, len(self.versions)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if blob[offsets[mid]:offsets[mid + 1]] < wanted:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < len(self.versions) and blob[offsets[lo]:offsets[lo + 1]] == wanted:
+            return _pack(self.versions[lo], self.times[lo])
+        return None
+
+
 class _State:
     """One consistent view: folded counts, log counts and escalation markers."""
 
-    __slots__ = ("epoch", "folded", "logged", "markers", "seq")
+    __slots__ = ("cold", "epoch", "folded", "logged", "markers", "seq")
 
-    def __init__(self, epoch: str, seq: int, folded: dict[str, int]) -> None:
+    def __init__(self, epoch: str, seq: int, folded: dict[str, int], cold: _Cold) -> None:
         self.epoch = epoch
         self.seq = seq
-        self.folded = folded  # key -> packed (version, updated_at)
+        self.folded = folded  # key -> packed (version, updated_at); wins over ``cold``
+        self.cold = cold
         self.logged: dict[str, tuple[int, int]] = {}
         self.markers: tuple[tuple[str, int, int], ...] = ()
 
+    def packed(self, key: str) -> int:
+        """Folded (version, updated_at) of ``key``, promoting it from the cold store."""
+        packed = self.folded.get(key)
+        if packed is None:
+            packed = self.cold.get(key)
+            if packed is None:
+                return 0
+            self.folded[key] = packed
+        return packed
+
     def version(self, key: str) -> tuple[int, int]:
-        packed = self.folded.get(key, 0)
+        packed = self.packed(key)
         version, updated = packed >> _TIME_BITS, packed & _TIME_MASK
         pending = self.logged.get(key)
         if pending is not None:
@@ -91,10 +148,10 @@ class _State:
                 updated = max(updated, m_updated)
         return version, updated
 
-    def rebuild_markers(self, touched: Iterable[str]) -> None:
+    def rebuild_markers(self, touched: Iterable[str], *, force: bool = False) -> None:
         """Escalation markers (``$esc:<prefix>``) add their count to every key with that
-        prefix; recompute the short list when one of them changed."""
-        if not any(k.startswith(ESCALATION_PREFIX) for k in touched):
+        prefix; recompute the short list when one of them changed (or on a new load)."""
+        if not force and not any(k.startswith(ESCALATION_PREFIX) for k in touched):
             return
         names = {k for k in self.folded if k.startswith(ESCALATION_PREFIX)}
         names.update(k for k in self.logged if k.startswith(ESCALATION_PREFIX))
@@ -259,7 +316,9 @@ class VersionCache:
             if not logged and not state.markers:
                 # The usual case, inlined: nothing pending, no escalation.
                 for key, client_version in known.items():
-                    packed = folded(key, 0)
+                    packed = folded(key)
+                    if packed is None:
+                        packed = state.packed(key)
                     if packed >> _TIME_BITS != client_version:
                         stale.append((key, packed >> _TIME_BITS, packed & _TIME_MASK))
             else:
@@ -354,17 +413,22 @@ class VersionCache:
         paramstyle = self._reads.paramstyle
         _, seq = _meta(self._reads.query(*refresh_statement(2**62, paramstyle)))
         folded: dict[str, int] = {}
+        cold = _Cold()
         after: str | None = None
         while True:
             rows = self._reads.query(*page_statement(after, PAGE, paramstyle))
             for name, version, updated in rows:
-                folded[_text(name)] = _pack(int(version), int(updated))
+                raw = name if isinstance(name, bytes) else str(name).encode()
+                # Markers stay in the dict (rebuild_markers scans it); so does any key the
+                # database sorted differently from Python's bytes order (never expected).
+                if raw.startswith(_MARKER) or not cold.append(raw, int(version), int(updated)):
+                    folded[_text(name)] = _pack(int(version), int(updated))
             if len(rows) < PAGE:
                 break
             after = _text(rows[-1][0])
         rows = self._reads.query(*refresh_statement(seq, paramstyle))
         epoch, now_seq = _meta(rows)
-        state = _State(epoch, seq, folded)
+        state = _State(epoch, seq, folded, cold)
         self._apply(state, now_seq, rows, new=True)
         return state, rows
 
@@ -383,7 +447,7 @@ class VersionCache:
             state.folded.update(changed)
             state.logged = logged
             state.seq = seq
-            state.rebuild_markers(touched)
+            state.rebuild_markers(touched, force=new)
             if new:
                 self._state = state
 

@@ -513,3 +513,32 @@ def test_c12_database_restart_loses_nothing() -> None:
         cache.close()
         store.close()
         cluster.stop()
+
+
+def test_keys_loaded_packed_are_found_promoted_and_overridden(store: Store) -> None:
+    """Folded before the cache starts, so the first load packs them (the cold store): every
+    key must be found by its exact bytes (neighbours, prefixes, non-ASCII, case), changes
+    after the load must win, and escalation markers from the load must still apply."""
+    keys = ["a", "ab", "b", "Room", "room", "room:1", "ключ:ü", "zz", "$row:t:1", "$esc:esc:"]
+    for n, key in enumerate(keys):
+        for _ in range(n + 1):
+            store.bump(key)
+    reader = store.reader()
+    reader.fold()
+    probe = [*keys, "aa", "room:", "esc:9", "zzz", "ключ", "A"]
+    cache = VersionCache(store.reader(), interval=FAST)
+    try:
+        assert cache.wait_ready(10)
+        assert same(cache.read(probe), reader.read(probe))
+        assert cache.read(["esc:9"]).version("esc:9") == 10  # the marker, from the load
+        for key in ("ab", "ключ:ü", "new"):
+            store.bump(key)
+        reader.fold()
+        wait_until(lambda: same(cache.read(probe + ["new"]), reader.read(probe + ["new"])))
+        assert cache.read(["ab"]).version("ab") == 3
+        epoch, changed = cache.changed({"ab": 3, "b": 0, "ключ:ü": 7, "nope": 0})
+        assert set(changed) == {"b", "ключ:ü"}
+        assert changed["ключ:ü"]["version"] == 8
+    finally:
+        cache.close()
+        reader.close()
