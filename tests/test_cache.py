@@ -534,9 +534,9 @@ def test_keys_loaded_packed_are_found_promoted_and_overridden(store: Store) -> N
         for key in ("ab", "ключ:ü", "new"):
             store.bump(key)
         reader.fold()
-        wait_until(lambda: same(cache.read(probe + ["new"]), reader.read(probe + ["new"])))
+        wait_until(lambda: same(cache.read([*probe, "new"]), reader.read([*probe, "new"])))
         assert cache.read(["ab"]).version("ab") == 3
-        epoch, changed = cache.changed({"ab": 3, "b": 0, "ключ:ü": 7, "nope": 0})
+        _epoch, changed = cache.changed({"ab": 3, "b": 0, "ключ:ü": 7, "nope": 0})
         assert set(changed) == {"b", "ключ:ü"}
         assert changed["ключ:ü"]["version"] == 8
     finally:
