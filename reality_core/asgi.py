@@ -11,7 +11,9 @@ Example::
 ``cors`` (a :class:`~reality_core.cors.CORSPolicy`) opts in to cross-origin calls; without it
 no CORS header is ever sent. ``max_in_flight`` bounds the sync requests handled at once per
 process: the next one is answered 503 ``overloaded`` with ``Retry-After: 1`` at once, before
-its body is read or the database touched, and service resumes as soon as requests finish.
+it is parsed or the database touched, and service resumes as soon as requests finish. A body
+must arrive within ``body_timeout`` seconds (408 ``body_timeout`` otherwise); requests still
+sending their body do not count as in flight.
 
 Mount it inside another ASGI app (Starlette ``Mount``, FastAPI ``app.mount``) or serve it
 alone (``reality serve``). With a :class:`~reality_core.cache.VersionCache` a request is
@@ -53,6 +55,7 @@ class SyncASGIApp:
         base: str = "/reality",
         cors: CORSPolicy | None = None,
         max_in_flight: int | None = 64,
+        body_timeout: float = 10.0,
     ) -> None:
         if not isinstance(service, SyncService):
             raise ConfigurationError(f"service must be a SyncService, not {service!r}")
@@ -68,6 +71,11 @@ class SyncASGIApp:
         self.service = service
         self.base = normalize_base(base)
         self.cors = cors
+        if isinstance(body_timeout, bool) or not isinstance(body_timeout, int | float) \
+                or body_timeout <= 0:
+            raise ConfigurationError(
+                f"body_timeout must be a positive number, not {body_timeout!r}")
+        self.body_timeout = float(body_timeout)
         self.max_in_flight = max_in_flight
         self._in_flight = 0
 
@@ -86,21 +94,12 @@ class SyncASGIApp:
             preflight = Response(204, b"", headers=self.cors.headers(origin, preflight=True))
             await _send(send, preflight)
             return
-        if path == f"{self.base}/sync" and method == "POST" and self.max_in_flight is not None \
-                and self._in_flight >= self.max_in_flight:
-            # Shed at once, before reading the body or touching the database.
-            response = error_response(503, "overloaded", "too many sync requests; retry soon",
-                                      (("retry-after", "1"),))
-        elif path == f"{self.base}/sync":
+        if path == f"{self.base}/sync":
             if method != "POST":
                 response = error_response(405, "method_not_allowed", "use POST for sync",
                                           (("allow", "POST"),))
             else:
-                self._in_flight += 1
-                try:
-                    received = await self._sync(scope, receive)
-                finally:
-                    self._in_flight -= 1
+                received = await self._sync(scope, receive)
                 if received is None:
                     return  # the client went away: nobody to answer
                 response = received
@@ -134,33 +133,50 @@ class SyncASGIApp:
                                       f"the body is larger than {limit} bytes")
         chunks: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return None
-            chunk = message.get("body", b"")
-            size += len(chunk)
-            if size > limit:
-                return error_response(413, "body_too_large",
-                                      f"the body is larger than {limit} bytes")
-            chunks.append(chunk)
-            if not message.get("more_body", False):
-                break
+        try:
+            # A client trickling its body must not hold a connection (or, were bodies counted
+            # as in flight, a slot) for ever.
+            async with asyncio.timeout(self.body_timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        return None
+                    chunk = message.get("body", b"")
+                    size += len(chunk)
+                    if size > limit:
+                        return error_response(413, "body_too_large",
+                                              f"the body is larger than {limit} bytes")
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            return error_response(408, "body_timeout",
+                                  f"the body did not arrive within {self.body_timeout} s")
         body = b"".join(chunks)
-        # Yield once before answering. An answer from memory never awaits anything, so
-        # without this each request would run start to finish in one step, the in-flight
-        # count would never pass 1, and under overload requests would queue unseen in the
-        # server and the socket. With it, every request that has arrived is counted before
-        # any is answered, and the ones past max_in_flight are shed at once.
-        await asyncio.sleep(0)
-        # From the cache's memory, on the event loop: a thread hop would cost more than the
-        # answer. Only what may block (the database, a wait for a refresh) goes to a thread.
-        response = self.service.handle_now(body, headers.get("content-type"), headers)
-        if response is not None:
-            return response
-        return await asyncio.to_thread(
-            self.service.handle, body, headers.get("content-type"), headers
-        )
+        # Counted from here, not while the body arrives: slow senders cost no slot.
+        if self.max_in_flight is not None and self._in_flight >= self.max_in_flight:
+            # Shed at once, before parsing or touching the database.
+            return error_response(503, "overloaded", "too many sync requests; retry soon",
+                                  (("retry-after", "1"),))
+        self._in_flight += 1
+        try:
+            # Yield once before answering. An answer from memory never awaits anything, so
+            # without this each request would run start to finish in one step, the count
+            # would never pass 1, and under overload requests would queue unseen in the
+            # server and the socket. With it, every request that has arrived is counted
+            # before any is answered, and the ones past max_in_flight are shed at once.
+            await asyncio.sleep(0)
+            # From the cache's memory, on the event loop: a thread hop would cost more than
+            # the answer. Only what may block (the database, a wait for a refresh) goes to a
+            # thread.
+            response = self.service.handle_now(body, headers.get("content-type"), headers)
+            if response is not None:
+                return response
+            return await asyncio.to_thread(
+                self.service.handle, body, headers.get("content-type"), headers
+            )
+        finally:
+            self._in_flight -= 1
 
 
 def request_path(scope: Scope) -> str:

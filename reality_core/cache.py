@@ -1,7 +1,7 @@
 """An in-process copy of the version store, so a sync request does no database work.
 
 Each server process keeps every key's version in memory and refreshes it on its own
-schedule (every ``interval`` seconds, 0.05 by default: at most 20 refresh queries a second
+schedule (every ``interval`` seconds, 0.055 by default: 18 refresh queries a second
 per process, however many clients ask). A sync request is answered from memory.
 
 Refresh, and why it never loses a change (DESIGN §6): a refresh is *one* statement, so one
@@ -54,6 +54,12 @@ from .store import Snapshot, VersionInfo, key_hash, page_statement, refresh_stat
 log = logging.getLogger("reality.cache")
 
 PAGE: Final = 10_000
+#: 18 refreshes a second, plus at most one fold: within 20 statements a second per process.
+DEFAULT_INTERVAL: Final = 0.055
+#: A refresh running this long is stuck (a connection that went silent: no reply, no reset;
+#: reads time out after 3 s on the server, which cannot help when the reply never arrives).
+#: A new refresh thread takes over; the stuck one is abandoned and its result ignored.
+STUCK_AFTER: Final = 10.0
 _MARKER: Final = ESCALATION_PREFIX.encode()
 # Versions and update times (ms) share one int: one object per key instead of a tuple of two.
 _TIME_BITS: Final = 42
@@ -189,7 +195,8 @@ class VersionCache:
     """
 
     def __init__(
-        self, source: DBAPIReader, *, interval: float = 0.05, max_staleness: float = 2.0,
+        self, source: DBAPIReader, *, interval: float = DEFAULT_INTERVAL,
+        max_staleness: float = 2.0,
         replica: DBAPIReader | None = None,
     ) -> None:
         if not isinstance(source, DBAPIReader):
@@ -220,7 +227,12 @@ class VersionCache:
         self._lock = threading.Lock()  # guards _state's contents while a refresh applies
         self._fresh = threading.Condition()
         self._last_ok = float("-inf")  # monotonic start time of the last good refresh
+        self._last_fail = float("-inf")  # monotonic time the last refresh failed
         self._last_error: StoreError | None = None
+        self._busy_since: float | None = None  # when the running refresh began
+        self._generation = 0  # bumped when a stuck refresh thread is replaced
+        self._replica_is_primary = False
+        self.stuck_after = STUCK_AFTER
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -232,9 +244,18 @@ class VersionCache:
 
     def start(self) -> None:
         with self._start_lock:
-            if self._thread is None and not self._stop.is_set():
-                self._thread = threading.Thread(target=self._run, name="reality-cache",
-                                                daemon=True)
+            if self._stop.is_set():
+                return
+            busy = self._busy_since
+            stuck = busy is not None and time.monotonic() - busy > self.stuck_after
+            if self._thread is None or stuck:
+                if stuck:
+                    log.warning("version cache refresh stuck for %.0f s (a silent database "
+                                "connection?); starting a new refresh thread", self.stuck_after)
+                    self._busy_since = None
+                self._generation += 1
+                self._thread = threading.Thread(target=self._run, args=(self._generation,),
+                                                name="reality-cache", daemon=True)
                 self._thread.start()
 
     def close(self) -> None:
@@ -243,7 +264,7 @@ class VersionCache:
         with self._start_lock:
             thread = self._thread
         if thread is not None:
-            thread.join(timeout=10)
+            thread.join(timeout=1)  # a daemon; a stuck one must not hold up shutdown
         self.source.close()
         if self.replica is not None:
             self.replica.close()
@@ -251,8 +272,12 @@ class VersionCache:
     def wait_ready(self, timeout: float) -> bool:
         """Start if needed and wait until the first load is done (or ``timeout``)."""
         self.start()
+        asked = time.monotonic()
         with self._fresh:
-            return self._fresh.wait_for(lambda: self._state is not None, timeout)
+            # A failed attempt after the call ends the wait: callers answer 503 at once.
+            return self._fresh.wait_for(
+                lambda: self._state is not None or self._last_fail >= asked, timeout
+            ) and self._state is not None
 
     def wait_fresh(self, timeout: float | None = None) -> None:
         """Wait for a refresh that *starts* after this call, so everything committed before
@@ -261,7 +286,9 @@ class VersionCache:
         self.start()
         asked = time.monotonic()
         limit = self.max_staleness if timeout is None else timeout
-        if self.replica is not None:
+        if self._state is not None and not self.ready:
+            raise self._unavailable()  # known to be failing: no point waiting
+        if self.replica is not None and not self._replica_is_primary:
             # What the client committed lies before the primary's WAL insert position now
             # (the write position can lag behind it with synchronous_commit off).
             rows = self.source.query("SELECT CAST(pg_current_wal_insert_lsn() AS TEXT)", ())
@@ -272,7 +299,9 @@ class VersionCache:
                         f"the read replica did not replay the primary's commits within {limit} s")
             return
         with self._fresh:
-            if not self._fresh.wait_for(lambda: self._last_ok >= asked, limit):
+            self._fresh.wait_for(
+                lambda: self._last_ok >= asked or self._last_fail >= asked, limit)
+            if self._last_ok < asked:
                 raise self._unavailable()
 
     # -------------------------------------------------------------------------------- reads
@@ -301,7 +330,8 @@ class VersionCache:
         if self._state is None:
             return StoreUnavailable("the version cache has not loaded yet")
         return StoreUnavailable(
-            f"the version cache is stale: no refresh succeeded for {self.max_staleness} s"
+            "the version cache is stale: no refresh succeeded for "
+            f"{time.monotonic() - self._last_ok:.1f} s"
             + (f" ({self._last_error.message})" if self._last_error else ""))
 
     def changed(self, known: Mapping[str, int]) -> tuple[str, dict[str, dict[str, Any]]]:
@@ -348,36 +378,46 @@ class VersionCache:
 
     # ------------------------------------------------------------------------------ refresh
 
-    def _run(self) -> None:
+    def _run(self, generation: int) -> None:
         delay = 0.0
         next_fold = time.monotonic()
-        while not self._stop.wait(delay):
+        while not self._stop.wait(delay) and generation == self._generation:
             began = time.monotonic()
+            self._busy_since = began
             try:
+                self.refresh(generation)
                 state = self._state
                 if self.fold_interval is not None and began >= next_fold and \
                         state is not None and state.logged:
-                    # Folding takes this tick's slot, so a process never sends more than one
-                    # statement per interval, and folds only when the log has rows.
+                    # Only while the log has rows, and at most once per fold_interval: the
+                    # default interval leaves room for it within 20 statements a second.
                     next_fold = began + self.fold_interval
                     self.source.fold()
-                else:
-                    self.refresh()
             except StoreError as exc:
                 if self._last_error is None or exc.message != self._last_error.message:
                     log.warning("version cache refresh failed (will retry): %s", exc.message)
                 self._last_error = exc
+                with self._fresh:
+                    self._last_fail = time.monotonic()
+                    self._fresh.notify_all()
             except Exception:
                 log.exception("version cache refresh failed (will retry)")
+                with self._fresh:
+                    self._last_fail = time.monotonic()
+                    self._fresh.notify_all()
+            finally:
+                if generation == self._generation:
+                    self._busy_since = None
             delay = max(0.0, self.interval - (time.monotonic() - began))
 
-    def refresh(self) -> None:
-        """One refresh now (the thread calls this; tests may too)."""
+    def refresh(self, generation: int | None = None) -> None:
+        """One refresh now (the thread calls this; tests may too). A refresh of a thread
+        that has been replaced (``generation`` no longer current) changes nothing."""
         began = time.monotonic()
         state = self._state
         if state is None:
             replayed = self._replay_position()
-            state, rows = self._load()
+            state, rows = self._load(generation)
         else:
             replayed = self._replay_position()
             rows = self._reads.query(*refresh_statement(state.seq, self._reads.paramstyle))
@@ -386,9 +426,11 @@ class VersionCache:
                 # A new epoch (reset-epoch) or a fold sequence gone back (a restored backup):
                 # nothing known is trustworthy; load everything again.
                 log.info("version store epoch or fold sequence changed; reloading the cache")
-                state, _ = self._load()
-            else:
+                state, _ = self._load(generation)
+            elif not self._superseded(generation):
                 self._apply(state, seq, rows)
+        if self._superseded(generation):
+            return
         self.refreshes += 1
         self._last_error = None
         with self._fresh:
@@ -399,15 +441,27 @@ class VersionCache:
                 sum(n for n, _ in state.logged.values()) >= self.source.fold_threshold:
             self.source.fold_soon()
 
+    def _superseded(self, generation: int | None) -> bool:
+        return generation is not None and generation != self._generation
+
     def _replay_position(self) -> int:
         """How far the replica has replayed, read *before* the refresh's snapshot is taken
         (so the snapshot holds at least that much; the position only grows)."""
         if self.replica is None:
             return -1
         rows = self.replica.query("SELECT CAST(pg_last_wal_replay_lsn() AS TEXT)", ())
-        return _lsn(rows[0][0]) if rows and rows[0][0] is not None else -1
+        if rows and rows[0][0] is not None:
+            return _lsn(rows[0][0])
+        if not self._replica_is_primary:
+            # Not in recovery: the "replica" is a primary (misconfigured, or promoted after a
+            # failover). Reads are still right; mutation requests fall back to waiting for a
+            # refresh, as without a replica.
+            log.warning("the read replica is not a standby (pg_last_wal_replay_lsn() is "
+                        "NULL): reading it like a primary")
+            self._replica_is_primary = True
+        return -1
 
-    def _load(self) -> tuple[_State, Sequence[Sequence[Any]]]:
+    def _load(self, generation: int | None = None) -> tuple[_State, Sequence[Sequence[Any]]]:
         """Everything, in pages, then one refresh to make it one snapshot (see the module
         docstring). Built aside and swapped in whole."""
         paramstyle = self._reads.paramstyle
@@ -429,7 +483,7 @@ class VersionCache:
         rows = self._reads.query(*refresh_statement(seq, paramstyle))
         epoch, now_seq = _meta(rows)
         state = _State(epoch, seq, folded, cold)
-        self._apply(state, now_seq, rows, new=True)
+        self._apply(state, now_seq, rows, new=not self._superseded(generation))
         return state, rows
 
     def _apply(self, state: _State, seq: int, rows: Sequence[Sequence[Any]],

@@ -71,9 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=8000)
     serve.add_argument("--base", default="/reality", help="path prefix (default /reality)")
     serve.add_argument("--workers", type=_positive, default=1)
-    serve.add_argument("--refresh-interval", type=_seconds, default=0.05, metavar="SECONDS",
+    serve.add_argument("--refresh-interval", type=_seconds, default=0.055, metavar="SECONDS",
                        help="how often each process refreshes its version cache (default "
-                            "0.05: at most 20 queries a second per process)")
+                            "0.055: with folding, at most 20 statements a second per "
+                            "process)")
     serve.add_argument("--max-staleness", type=_seconds, default=2.0, metavar="SECONDS",
                        help="answer 503 when the cache has not refreshed for this long "
                             "(default 2)")
@@ -121,7 +122,7 @@ def serve_app() -> object:
     reader = DBAPIReader.from_url(url)
     replica = options.get("replica_url")
     source = reader if options.get("no_cache") else VersionCache(
-        reader, interval=options.get("refresh_interval", 0.05),
+        reader, interval=options.get("refresh_interval", 0.055),
         max_staleness=options.get("max_staleness", 2.0),
         replica=DBAPIReader.from_url(replica, fold_threshold=None) if replica else None)
     return SyncASGIApp(SyncService(source, fold_interval=1.0),
@@ -155,7 +156,8 @@ def _serve(args: argparse.Namespace) -> int:
         print("reality serve: --max-staleness must be longer than --refresh-interval",
               file=sys.stderr)
         return 2
-    print(f"reality: serving {args.base}/sync on http://{args.host}:{args.port}", file=sys.stderr)
+    base = normalize_base(args.base)
+    print(f"reality: serving {base}/sync on http://{args.host}:{args.port}", file=sys.stderr)
     uvicorn.run("reality_core.cli:serve_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="warning")
     return 0

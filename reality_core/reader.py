@@ -106,7 +106,9 @@ class DBAPIReader:
         except Exception as exc:
             # A connection that failed once is not trusted again (it may be cut off).
             _discard(conn)
-            if not pooled or _tables_missing(exc):
+            if not pooled or _tables_missing(exc) or _timed_out(exc):
+                # A timeout is the database being slow or locked, not a cut connection:
+                # trying again would only double the wait.
                 raise _store_error(exc) from exc
             # An idle pooled connection may have been cut (server restart, idle timeout,
             # pg_terminate_backend): one more try on a fresh connection, so a restart costs
@@ -185,6 +187,14 @@ def _query(conn: Any, sql: str, params: Any) -> list[Any]:
     # ORM), so no snapshot stays open between requests.
     conn.rollback()
     return rows
+
+
+def _timed_out(exc: Exception) -> bool:
+    # 57014 query_canceled (statement_timeout), 55P03 lock_not_available (lock_timeout);
+    # PyMySQL's read timeout says "timed out".
+    if getattr(exc, "sqlstate", None) in ("57014", "55P03"):
+        return True
+    return "timed out" in str(exc).lower() or "timeout" in str(exc).lower()
 
 
 def _tables_missing(exc: Exception) -> bool:

@@ -78,6 +78,7 @@ class SyncService:
         self.limits = limits or Limits()
         self.authorizer = authorizer
         self.retry_after = retry_after
+        self._last_warning: tuple[tuple[str, str], float] | None = None
         self._folder: Folder | None = None
         if fold_interval is not None and isinstance(reader, VersionCache):
             if isinstance(fold_interval, bool) or not isinstance(fold_interval, int | float) \
@@ -143,6 +144,17 @@ class SyncService:
         return {"changed": changed, "serverTime": int(time.time() * 1000),
                 "epoch": snapshot.epoch}
 
+    def _warn_once(self, message: str, exc: StoreError) -> None:
+        """Log an outage once per distinct error and minute, not once per request: during
+        an outage every client keeps asking."""
+        now = time.monotonic()
+        key = (message, exc.message)
+        if self._last_warning is not None and self._last_warning[0] == key \
+                and now - self._last_warning[1] < 60:
+            return
+        self._last_warning = (key, now)
+        log.warning(message, exc)
+
     def _authorize(self, known: Mapping[str, int], headers: Mapping[str, str]) -> None:
         if self.authorizer is None or not known:
             return
@@ -188,7 +200,7 @@ class SyncService:
         except ProtocolError as exc:
             return error_response(exc.status, exc.code, exc.message)
         except StoreError as exc:
-            log.warning("sync: version store unavailable: %s", exc)
+            self._warn_once("sync: version store unavailable: %s", exc)
             code, detail = _store_problem(exc)
             return error_response(
                 503, code, f"{detail}; retry later", (("retry-after", str(self.retry_after)),)
@@ -204,7 +216,7 @@ class SyncService:
             self.reader.ping()
         except StoreError as exc:
             # The driver's message names hosts and ports; it goes to the log, not to callers.
-            log.warning("health: version store unavailable: %s", exc)
+            self._warn_once("health: version store unavailable: %s", exc)
             code, detail = _store_problem(exc)
             state = "unreachable" if code == "store_unavailable" else "not_ready"
             body = {"status": "unavailable", "store": state, "reason": code, "detail": detail}

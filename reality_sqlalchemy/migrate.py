@@ -82,6 +82,7 @@ API
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Final
@@ -93,7 +94,7 @@ from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 
 from reality_core.errors import ConfigurationError, StoreError, StoreUnavailable
-from reality_core.store import MIGRATE_VERSION_TABLE
+from reality_core.store import MIGRATE_VERSION_TABLE, OWN_TABLES
 from reality_core.urls import DatabaseURL
 
 from .schema import migrations_path
@@ -157,6 +158,8 @@ def _run(
             raise StoreUnavailable(f"cannot connect to {shown}: {exc.orig}; {hint}") from exc
         with connection, connection.begin():
             config = _config(connection)
+            if verb == "upgrade":
+                _forget_history_of_dropped_tables(connection)
             try:
                 step(config, revision)
             except (CommandError, RevisionError) as exc:
@@ -170,6 +173,22 @@ def _run(
                 ) from exc
     finally:
         engine.dispose()
+
+
+def _forget_history_of_dropped_tables(connection: sa.Connection) -> None:
+    """Tables dropped by hand while our revision history stays: alembic would think them
+    up to date and do nothing. Our revisions create only what is missing, so replaying
+    them from the start is safe; forget the history and say so."""
+    inspector = sa.inspect(connection)
+    if not inspector.has_table(VERSION_TABLE):
+        return
+    if connection.execute(sa.text(f"SELECT 1 FROM {VERSION_TABLE}")).first() is None:
+        return
+    missing = sorted(t for t in OWN_TABLES - {VERSION_TABLE} if not inspector.has_table(t))
+    if missing:
+        print(f"reality migrate: {', '.join(missing)} missing although {VERSION_TABLE} "
+              "records a revision; creating Reality's tables again", file=sys.stderr)
+        connection.execute(sa.text(f"DELETE FROM {VERSION_TABLE}"))
 
 
 def _parse(database_url: str) -> DatabaseURL:

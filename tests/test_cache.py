@@ -326,6 +326,10 @@ def test_no_refresh_means_503_then_recovery(pg_server_url: str) -> None:
             assert response.status == 200
             assert time.monotonic() < deadline, "never noticed the outage"
             time.sleep(0.02)
+        began = time.monotonic()
+        with pytest.raises(StoreUnavailable):  # known to be failing: no wait
+            service.sync({"a": 0}, hint="mutation")
+        assert time.monotonic() - began < 1.0
         assert dict(response.headers)["retry-after"] == "2"
         assert b"store_unavailable" in response.body
         assert service.health().status == 503
@@ -542,3 +546,62 @@ def test_keys_loaded_packed_are_found_promoted_and_overridden(store: Store) -> N
     finally:
         cache.close()
         reader.close()
+
+
+class HangingReader(DBAPIReader):
+    """A real reader whose next statement, once armed, never returns until released: what a
+    connection that goes silent (no reply, no reset) does to the thread using it."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.armed = threading.Event()
+        self.release = threading.Event()
+        self.hung = threading.Event()
+
+    def query(self, sql: str, params: Any) -> list[Any]:
+        if self.armed.is_set():
+            self.armed.clear()
+            self.hung.set()
+            self.release.wait(30)
+        return super().query(sql, params)
+
+
+def test_a_stuck_refresh_is_replaced(store: Store) -> None:
+    url = store.url
+    source = HangingReader(lambda: url.dbapi_connect(timeout_ms=3000), paramstyle=url.paramstyle,
+                           dialect=url.dialect, fold_threshold=None)
+    cache = VersionCache(source, interval=FAST, max_staleness=0.3)
+    cache.stuck_after = 0.6
+    try:
+        store.bump("a")
+        assert cache.wait_ready(10)
+        source.armed.set()
+        assert source.hung.wait(10)
+        store.bump("a")
+        time.sleep(0.7)  # stale, and stuck for longer than stuck_after
+        with pytest.raises(StoreUnavailable):
+            cache.read(["a"])  # ...which notices and starts a new refresh thread
+        wait_until(lambda: cache.ready and cache.read(["a"]).version("a") == 2)
+        source.release.set()  # the abandoned refresh finishes; its result is ignored
+        store.bump("a")
+        wait_until(lambda: cache.read(["a"]).version("a") == 3)
+    finally:
+        source.release.set()
+        cache.close()
+
+
+def test_folding_never_starves_refreshes(store: Store) -> None:
+    """A long refresh interval with frequent folding: every tick still refreshes."""
+    cache = VersionCache(store.reader(), interval=0.3, max_staleness=1.0)
+    service = SyncService(cache, fold_interval=0.05)
+    try:
+        assert cache.wait_ready(10)
+        for n in range(1, 6):
+            store.bump("a")
+            wait_until(lambda n=n: cache.ready and cache.read(["a"]).version("a") == n)
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            assert cache.ready
+            time.sleep(0.05)
+    finally:
+        service.close()

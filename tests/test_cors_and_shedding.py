@@ -6,6 +6,7 @@ import asyncio
 import threading
 from collections.abc import Collection, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -173,3 +174,29 @@ async def test_a_flood_of_cached_requests_is_shed_and_recovers(store: Store) -> 
             assert again.status_code == 200
     finally:
         cache.close()
+
+
+async def test_slow_bodies_time_out_and_take_no_slot(store: Store) -> None:
+    """A client trickling its body gets 408 after body_timeout, and while it trickles it
+    does not count against max_in_flight: others are served."""
+    reader = store.reader()
+    app = SyncASGIApp(SyncService(reader), max_in_flight=1, body_timeout=0.5)
+
+    async def trickle() -> Any:
+        yield b'{"known": '
+        await asyncio.sleep(2)
+        yield b"{}}"
+
+    try:
+        async with client(app) as http:
+            slow = asyncio.ensure_future(http.post(
+                "/reality/sync", content=trickle(),
+                headers={"content-type": "application/json"}))
+            await asyncio.sleep(0.1)
+            served = await http.post("/reality/sync", json=BODY)
+            assert served.status_code == 200
+            timed_out = await slow
+            assert timed_out.status_code == 408
+            assert timed_out.json()["code"] == "body_timeout"
+    finally:
+        reader.close()

@@ -220,6 +220,21 @@ def test_c13_upgrade_adopts_tables_from_create_tables(new_database: NewDatabase)
     assert _query(url, f"SELECT version_num FROM {migrate.VERSION_TABLE}") == [(HEAD,)]
 
 
+def test_c13_upgrade_recreates_tables_dropped_by_hand(
+    new_database: NewDatabase, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = new_database()
+    migrate.upgrade(url)
+    for table in ("reality_log", "reality_versions", "reality_meta"):
+        _query(url, f"DROP TABLE {table}")
+    migrate.upgrade(url)
+    assert _tables(url) == {*OWN, migrate.VERSION_TABLE}
+    assert "creating Reality's tables again" in capsys.readouterr().err
+    _epoch(url)
+    migrate.downgrade(url, "base")  # and the history is consistent again
+    assert _tables(url) == {migrate.VERSION_TABLE}
+
+
 def test_c13_upgrade_from_0001_keeps_versions_and_adds_the_fold_sequence(
     new_database: NewDatabase,
 ) -> None:
