@@ -392,7 +392,8 @@ class VersionCache:
                     # Only while the log has rows, and at most once per fold_interval: the
                     # default interval leaves room for it within 20 statements a second.
                     next_fold = began + self.fold_interval
-                    self.source.fold()
+                    if self.source.fold():
+                        self.source.vacuum_if_due()
             except StoreError as exc:
                 if self._last_error is None or exc.message != self._last_error.message:
                     log.warning("version cache refresh failed (will retry): %s", exc.message)

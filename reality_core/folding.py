@@ -53,7 +53,10 @@ class Folder:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                self.folded += self.reader.fold()
+                moved = self.reader.fold()
+                self.folded += moved
+                if moved:
+                    self.reader.vacuum_if_due()
             except StoreError as exc:
                 log.warning("folding the version log failed (will retry): %s", exc.message)
             except Exception:

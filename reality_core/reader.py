@@ -8,17 +8,30 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 from .errors import ConfigurationError, StoreError, StoreUnavailable
-from .store import FOLD_BATCH, Dialect, Snapshot, fold, read_statement, snapshot_from_rows
+from .store import (
+    FOLD_BATCH,
+    LOG_TABLE,
+    VERSIONS_TABLE,
+    Dialect,
+    Snapshot,
+    fold,
+    read_statement,
+    snapshot_from_rows,
+)
 from .urls import DatabaseURL
 
 log = logging.getLogger("reality.reader")
 
 Connect = Callable[[], Any]
 READ_TIMEOUT_MS = 3000
+#: Seconds between VACUUMs after folding (see DBAPIReader.vacuum_if_due): one statement per
+#: five seconds keeps a server process within 20 statements a second with its refreshes.
+VACUUM_INTERVAL = 5.0
 
 _MISSING_TABLE_HINTS = ("no such table", "does not exist", "doesn't exist", "undefined table")
 
@@ -58,6 +71,7 @@ class DBAPIReader:
         self.dialect = dialect
         self.fold_threshold = fold_threshold
         self._folding = threading.Lock()
+        self._vacuumed = float("-inf")
         self._pool_size = pool_size
         self._lock = threading.Lock()
         self.description = description
@@ -140,7 +154,8 @@ class DBAPIReader:
 
         def run() -> None:
             try:
-                self.fold()
+                if self.fold():
+                    self.vacuum_if_due()
             except StoreError as exc:
                 log.warning("folding the version log failed: %s", exc.message)
             finally:
@@ -168,6 +183,31 @@ class DBAPIReader:
             total += moved
             if moved < batch:
                 return total
+
+    def vacuum_if_due(self, min_interval: float = VACUUM_INTERVAL) -> bool:
+        """After folding, on PostgreSQL: ``VACUUM`` the log and the counts, at most every
+        ``min_interval`` seconds. Folding deletes log rows and rewrites count rows; until a
+        VACUUM their space is not reused, and autovacuum visits a database only about once a
+        minute, so a busy log would grow by a minute of commits between visits. ``SKIP_LOCKED``:
+        another process vacuuming is enough. Returns whether it ran."""
+        now = time.monotonic()
+        if self.dialect != "postgresql" or now - self._vacuumed < min_interval:
+            return False
+        self._vacuumed = now
+        conn, _ = self._checkout()
+        try:
+            if not getattr(conn, "autocommit", False):
+                return False  # VACUUM cannot run in a transaction (an ORM's pooled connection)
+            cur = conn.cursor()
+            try:
+                cur.execute(f"VACUUM (SKIP_LOCKED) {LOG_TABLE}, {VERSIONS_TABLE}")
+            finally:
+                cur.close()
+        except Exception as exc:
+            _discard(conn)
+            raise _store_error(exc) from exc
+        self._checkin(conn)
+        return True
 
     def close(self) -> None:
         with self._lock:
