@@ -6,7 +6,7 @@ Example::
     from reality_core.asgi import SyncASGIApp
 
     app = SyncASGIApp(SyncService(DBAPIReader.from_url(url)), base="/reality")
-    # POST /reality/sync, GET /reality/health
+    # POST /reality/sync, GET /reality/health, GET /reality/openapi.json
 
 ``cors`` (a :class:`~reality_core.cors.CORSPolicy`) opts in to cross-origin calls; without it
 no CORS header is ever sent. ``max_in_flight`` bounds the sync requests handled at once per
@@ -26,11 +26,13 @@ passes the limit, so a huge upload costs no memory.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .cors import CORSPolicy
 from .errors import ConfigurationError
+from .openapi import openapi_document
 from .sync import Response, SyncService, error_response
 
 Scope = MutableMapping[str, Any]
@@ -76,6 +78,7 @@ class SyncASGIApp:
             raise ConfigurationError(
                 f"body_timeout must be a positive number, not {body_timeout!r}")
         self.body_timeout = float(body_timeout)
+        self._openapi = json.dumps(openapi_document(self.base, service.limits)).encode()
         self.max_in_flight = max_in_flight
         self._in_flight = 0
 
@@ -103,6 +106,8 @@ class SyncASGIApp:
                 if received is None:
                     return  # the client went away: nobody to answer
                 response = received
+        elif path == f"{self.base}/openapi.json" and method in ("GET", "HEAD"):
+            response = Response(200, self._openapi)
         elif path == f"{self.base}/health":
             if method not in ("GET", "HEAD"):
                 response = error_response(405, "method_not_allowed", "use GET for health",
