@@ -56,9 +56,10 @@ log = logging.getLogger("reality.cache")
 PAGE: Final = 10_000
 #: 18 refreshes a second, plus at most one fold: within 20 statements a second per process.
 DEFAULT_INTERVAL: Final = 0.055
-#: A refresh running this long is stuck (a connection that went silent: no reply, no reset;
-#: reads time out after 3 s on the server, which cannot help when the reply never arrives).
-#: A new refresh thread takes over; the stuck one is abandoned and its result ignored.
+#: One statement of a refresh running this long is stuck (a connection that went silent: no
+#: reply, no reset; reads time out after 3 s on the server, which cannot help when the reply
+#: never arrives). A new refresh thread takes over; the stuck one is abandoned and its result
+#: ignored. Measured per statement, so a first load of many pages is never "stuck".
 STUCK_AFTER: Final = 10.0
 _MARKER: Final = ESCALATION_PREFIX.encode()
 # Versions and update times (ms) share one int: one object per key instead of a tuple of two.
@@ -264,7 +265,7 @@ class VersionCache:
         with self._start_lock:
             thread = self._thread
         if thread is not None:
-            thread.join(timeout=1)  # a daemon; a stuck one must not hold up shutdown
+            thread.join(timeout=0.2)  # a daemon; a stuck one must not hold up shutdown
         self.source.close()
         if self.replica is not None:
             self.replica.close()
@@ -273,6 +274,8 @@ class VersionCache:
         """Start if needed and wait until the first load is done (or ``timeout``)."""
         self.start()
         asked = time.monotonic()
+        if self._failing:
+            return False  # the latest attempt failed: answer 503 now, not after a timeout
         with self._fresh:
             # A failed attempt after the call ends the wait: callers answer 503 at once.
             return self._fresh.wait_for(
@@ -286,7 +289,7 @@ class VersionCache:
         self.start()
         asked = time.monotonic()
         limit = self.max_staleness if timeout is None else timeout
-        if self._state is not None and not self.ready:
+        if self._failing or (self._state is not None and not self.ready):
             raise self._unavailable()  # known to be failing: no point waiting
         if self.replica is not None and not self._replica_is_primary:
             # What the client committed lies before the primary's WAL insert position now
@@ -305,6 +308,11 @@ class VersionCache:
                 raise self._unavailable()
 
     # -------------------------------------------------------------------------------- reads
+
+    @property
+    def _failing(self) -> bool:
+        """The latest refresh attempt failed."""
+        return self._last_fail > self._last_ok
 
     @property
     def loaded(self) -> bool:
@@ -421,7 +429,7 @@ class VersionCache:
             state, rows = self._load(generation)
         else:
             replayed = self._replay_position()
-            rows = self._reads.query(*refresh_statement(state.seq, self._reads.paramstyle))
+            rows = self._query(*refresh_statement(state.seq, self._reads.paramstyle))
             epoch, seq = _meta(rows)
             if epoch != state.epoch or seq < state.seq:
                 # A new epoch (reset-epoch) or a fold sequence gone back (a restored backup):
@@ -441,6 +449,10 @@ class VersionCache:
         if self.source.fold_threshold is not None and \
                 sum(n for n, _ in state.logged.values()) >= self.source.fold_threshold:
             self.source.fold_soon()
+
+    def _query(self, sql: str, params: Any) -> list[Any]:
+        self._busy_since = time.monotonic()
+        return self._reads.query(sql, params)
 
     def _superseded(self, generation: int | None) -> bool:
         return generation is not None and generation != self._generation
@@ -466,12 +478,12 @@ class VersionCache:
         """Everything, in pages, then one refresh to make it one snapshot (see the module
         docstring). Built aside and swapped in whole."""
         paramstyle = self._reads.paramstyle
-        _, seq = _meta(self._reads.query(*refresh_statement(2**62, paramstyle)))
+        _, seq = _meta(self._query(*refresh_statement(2**62, paramstyle)))
         folded: dict[str, int] = {}
         cold = _Cold()
         after: str | None = None
         while True:
-            rows = self._reads.query(*page_statement(after, PAGE, paramstyle))
+            rows = self._query(*page_statement(after, PAGE, paramstyle))
             for name, version, updated in rows:
                 raw = name if isinstance(name, bytes) else str(name).encode()
                 # Markers stay in the dict (rebuild_markers scans it); so does any key the
@@ -481,7 +493,7 @@ class VersionCache:
             if len(rows) < PAGE:
                 break
             after = _text(rows[-1][0])
-        rows = self._reads.query(*refresh_statement(seq, paramstyle))
+        rows = self._query(*refresh_statement(seq, paramstyle))
         epoch, now_seq = _meta(rows)
         state = _State(epoch, seq, folded, cold)
         self._apply(state, now_seq, rows, new=not self._superseded(generation))

@@ -154,7 +154,8 @@ def _reject_constant(name: str) -> Any:
 
 _TITLES: Final = {
     200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found",
-    405: "Method Not Allowed", 411: "Length Required", 413: "Content Too Large",
+    405: "Method Not Allowed", 408: "Request Timeout", 411: "Length Required",
+    413: "Content Too Large",
     415: "Unsupported Media Type", 500: "Internal Server Error", 503: "Service Unavailable",
 }
 

@@ -78,7 +78,7 @@ class SyncService:
         self.limits = limits or Limits()
         self.authorizer = authorizer
         self.retry_after = retry_after
-        self._last_warning: tuple[tuple[str, str], float] | None = None
+        self._warned: dict[tuple[str, str], float] = {}
         self._folder: Folder | None = None
         if fold_interval is not None and isinstance(reader, VersionCache):
             if isinstance(fold_interval, bool) or not isinstance(fold_interval, int | float) \
@@ -145,14 +145,13 @@ class SyncService:
                 "epoch": snapshot.epoch}
 
     def _warn_once(self, message: str, exc: StoreError) -> None:
-        """Log an outage once per distinct error and minute, not once per request: during
-        an outage every client keeps asking."""
+        """Log an outage once a minute per kind of failure, not once per request: during an
+        outage every client keeps asking (and messages carry changing details)."""
         now = time.monotonic()
-        key = (message, exc.message)
-        if self._last_warning is not None and self._last_warning[0] == key \
-                and now - self._last_warning[1] < 60:
+        key = (message, type(exc).__name__)
+        if now - self._warned.get(key, float("-inf")) < 60:
             return
-        self._last_warning = (key, now)
+        self._warned[key] = now
         log.warning(message, exc)
 
     def _authorize(self, known: Mapping[str, int], headers: Mapping[str, str]) -> None:

@@ -94,7 +94,13 @@ from alembic.script.revision import RevisionError
 from alembic.util import CommandError
 
 from reality_core.errors import ConfigurationError, StoreError, StoreUnavailable
-from reality_core.store import MIGRATE_VERSION_TABLE, OWN_TABLES
+from reality_core.store import (
+    LOG_TABLE,
+    META_TABLE,
+    MIGRATE_VERSION_TABLE,
+    OWN_TABLES,
+    VERSIONS_TABLE,
+)
 from reality_core.urls import DatabaseURL
 
 from .schema import migrations_path
@@ -189,6 +195,12 @@ def _forget_history_of_dropped_tables(connection: sa.Connection) -> None:
         print(f"reality migrate: {', '.join(missing)} missing although {VERSION_TABLE} "
               "records a revision; creating Reality's tables again", file=sys.stderr)
         connection.execute(sa.text(f"DELETE FROM {VERSION_TABLE}"))
+        if {LOG_TABLE, VERSIONS_TABLE} & set(missing) and inspector.has_table(META_TABLE):
+            # Counts were lost, so versions would start again below what clients hold and
+            # be reused: a new epoch (made by the first revision) makes clients drop them.
+            print("reality migrate: version counts were lost; setting a new epoch (clients "
+                  "drop what they know at their next sync)", file=sys.stderr)
+            connection.execute(sa.text(f"DELETE FROM {META_TABLE} WHERE name = 'epoch'"))
 
 
 def _parse(database_url: str) -> DatabaseURL:

@@ -605,3 +605,61 @@ def test_folding_never_starves_refreshes(store: Store) -> None:
             time.sleep(0.05)
     finally:
         service.close()
+
+
+class SlowReader(DBAPIReader):
+    """A real reader whose every statement takes ``delay`` more seconds (a slow network)."""
+
+    delay = 0.0
+
+    def query(self, sql: str, params: Any) -> list[Any]:
+        time.sleep(self.delay)
+        return super().query(sql, params)
+
+
+def test_a_long_first_load_is_not_mistaken_for_a_stuck_one(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first load of many pages takes longer than stuck_after in all; requests arriving
+    meanwhile must not restart it (only one statement running too long is "stuck")."""
+    import reality_core.cache
+
+    monkeypatch.setattr(reality_core.cache, "PAGE", 2)
+    for i in range(12):
+        store.bump(f"k{i}")
+    folder = store.reader()
+    folder.fold()
+    folder.close()
+    url = store.url
+    source = SlowReader(lambda: url.dbapi_connect(timeout_ms=3000), paramstyle=url.paramstyle,
+                        dialect=url.dialect, fold_threshold=None)
+    source.delay = 0.1  # 9+ statements: about a second in all
+    cache = VersionCache(source, interval=FAST, max_staleness=5.0)
+    cache.stuck_after = 0.5
+    try:
+        cache.start()
+        began = time.monotonic()
+        while not cache.loaded:
+            cache.start()  # what every request does
+            assert time.monotonic() - began < 20, "the first load never finished"
+            time.sleep(0.05)
+        assert cache.read(["k0", "k11"]).version("k11") == 1
+    finally:
+        cache.close()
+
+
+def test_once_a_refresh_has_failed_waits_end_at_once(tmp_path: Path) -> None:
+    """Nothing loaded yet and the store failing: after the first failed attempt, requests
+    (mutation or not) get their 503 at once instead of waiting max_staleness each."""
+    cache = VersionCache(DBAPIReader.from_url(f"sqlite:///{tmp_path}/no-tables.db"),
+                         interval=0.5, max_staleness=3.0)
+    service = SyncService(cache)
+    try:
+        service.handle(b'{"known": {"a": 0}}', "application/json")  # the first attempt
+        for hint in ("poll", "mutation"):
+            began = time.monotonic()
+            body = b'{"known": {"a": 0}, "hint": "%s"}' % hint.encode()
+            assert service.handle(body, "application/json").status == 503
+            assert time.monotonic() - began < 0.5, hint
+    finally:
+        service.close()
