@@ -35,7 +35,7 @@ log = sa.Table(
     sa.Column("key_name", KEY_TYPE, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
     sa.PrimaryKeyConstraint("id", name=f"pk_{LOG_TABLE}"),
-    sa.Index(f"ix_{LOG_TABLE}_key_name", "key_name"),
+    # No index on key_name: see reality_core.store.create_table_statements.
     mysql_engine="InnoDB",
 )
 
