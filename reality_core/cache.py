@@ -297,9 +297,13 @@ class VersionCache:
             rows = self.source.query("SELECT CAST(pg_current_wal_insert_lsn() AS TEXT)", ())
             needed = _lsn(rows[0][0])
             with self._fresh:
-                if not self._fresh.wait_for(lambda: self._replayed >= needed, limit):
+                self._fresh.wait_for(
+                    lambda: self._replayed >= needed or self._last_fail >= asked, limit)
+                if self._replayed < needed:
                     raise StoreUnavailable(
-                        f"the read replica did not replay the primary's commits within {limit} s")
+                        "the read replica did not replay the primary's commits"
+                        + (" (its refresh failed)" if self._last_fail >= asked
+                           else f" within {limit} s"))
             return
         with self._fresh:
             self._fresh.wait_for(
@@ -400,8 +404,7 @@ class VersionCache:
                     # Only while the log has rows, and at most once per fold_interval: the
                     # default interval leaves room for it within 20 statements a second.
                     next_fold = began + self.fold_interval
-                    if self.source.fold():
-                        self.source.vacuum_if_due()
+                    self._fold()
             except StoreError as exc:
                 if self._last_error is None or exc.message != self._last_error.message:
                     log.warning("version cache refresh failed (will retry): %s", exc.message)
@@ -418,6 +421,15 @@ class VersionCache:
                 if generation == self._generation:
                     self._busy_since = None
             delay = max(0.0, self.interval - (time.monotonic() - began))
+
+    def _fold(self) -> None:
+        """Fold (and maybe VACUUM) after a refresh. A failure here is not a failed refresh:
+        the versions just read are good; the next fold retries."""
+        try:
+            if self.source.fold():
+                self.source.vacuum_if_due()
+        except StoreError as exc:
+            log.warning("folding the version log failed (will retry): %s", exc.message)
 
     def refresh(self, generation: int | None = None) -> None:
         """One refresh now (the thread calls this; tests may too). A refresh of a thread
