@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .cors import CORSPolicy
-from .errors import ConfigurationError
+from .errors import ConfigurationError, positive_number
 from .openapi import openapi_document
 from .sync import Response, SyncService, error_response
 
@@ -73,11 +73,7 @@ class SyncASGIApp:
         self.service = service
         self.base = normalize_base(base)
         self.cors = cors
-        if isinstance(body_timeout, bool) or not isinstance(body_timeout, int | float) \
-                or body_timeout <= 0:
-            raise ConfigurationError(
-                f"body_timeout must be a positive number, not {body_timeout!r}")
-        self.body_timeout = float(body_timeout)
+        self.body_timeout = positive_number("body_timeout", body_timeout)
         self._openapi = json.dumps(openapi_document(self.base, service.limits)).encode()
         self.max_in_flight = max_in_flight
         self._in_flight = 0

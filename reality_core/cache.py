@@ -46,10 +46,18 @@ from array import array
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any, Final
 
-from .errors import ConfigurationError, StoreError, StoreUnavailable
+from .errors import ConfigurationError, StoreError, StoreUnavailable, positive_number
 from .keys import ESCALATION_PREFIX
 from .reader import DBAPIReader
-from .store import Snapshot, VersionInfo, key_hash, page_statement, refresh_statement
+from .store import (
+    Snapshot,
+    VersionInfo,
+    as_text,
+    key_hash,
+    no_epoch_error,
+    page_statement,
+    refresh_statement,
+)
 
 log = logging.getLogger("reality.cache")
 
@@ -69,11 +77,6 @@ _TIME_MASK: Final = (1 << _TIME_BITS) - 1
 
 def _pack(version: int, updated_ms: int) -> int:
     return (version << _TIME_BITS) | (min(max(updated_ms, 0), _TIME_MASK))
-
-
-def _text(value: Any) -> str:
-    # MySQL/MariaDB return key_name (VARBINARY) and UNIONed text as bytes.
-    return value.decode() if isinstance(value, bytes | bytearray) else str(value)
 
 
 class _Cold:
@@ -142,13 +145,18 @@ class _State:
             self.folded[key] = packed
         return packed
 
-    def version(self, key: str) -> tuple[int, int]:
+    def own(self, key: str) -> tuple[int, int]:
+        """Folded plus logged (version, updated_at) of ``key``, markers aside."""
         packed = self.packed(key)
         version, updated = packed >> _TIME_BITS, packed & _TIME_MASK
         pending = self.logged.get(key)
         if pending is not None:
             version += pending[0]
             updated = max(updated, pending[1])
+        return version, updated
+
+    def version(self, key: str) -> tuple[int, int]:
+        version, updated = self.own(key)
         for prefix, m_version, m_updated in self.markers:
             if key.startswith(prefix):
                 version += m_version
@@ -162,16 +170,9 @@ class _State:
             return
         names = {k for k in self.folded if k.startswith(ESCALATION_PREFIX)}
         names.update(k for k in self.logged if k.startswith(ESCALATION_PREFIX))
-        markers = []
-        for name in sorted(names):
-            packed = self.folded.get(name, 0)
-            version, updated = packed >> _TIME_BITS, packed & _TIME_MASK
-            pending = self.logged.get(name)
-            if pending is not None:
-                version += pending[0]
-                updated = max(updated, pending[1])
-            markers.append((name[len(ESCALATION_PREFIX):], version, updated))
-        self.markers = tuple(markers)
+        # (Markers never sit in the cold store: the first load keeps them in the dict.)
+        self.markers = tuple((name[len(ESCALATION_PREFIX):], *self.own(name))
+                             for name in sorted(names))
 
 
 class VersionCache:
@@ -209,9 +210,8 @@ class VersionCache:
             raise ConfigurationError(
                 "replica must be a DBAPIReader on a PostgreSQL streaming replica of a "
                 f"PostgreSQL source, not {replica!r}")
-        for name, value in (("interval", interval), ("max_staleness", max_staleness)):
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                raise ConfigurationError(f"{name} must be a positive number, not {value!r}")
+        interval = positive_number("interval", interval)
+        max_staleness = positive_number("max_staleness", max_staleness)
         if max_staleness <= interval:
             raise ConfigurationError(
                 f"max_staleness ({max_staleness}) must be longer than interval ({interval})")
@@ -405,15 +405,14 @@ class VersionCache:
                     # default interval leaves room for it within 20 statements a second.
                     next_fold = began + self.fold_interval
                     self._fold()
-            except StoreError as exc:
-                if self._last_error is None or exc.message != self._last_error.message:
-                    log.warning("version cache refresh failed (will retry): %s", exc.message)
-                self._last_error = exc
-                with self._fresh:
-                    self._last_fail = time.monotonic()
-                    self._fresh.notify_all()
-            except Exception:
-                log.exception("version cache refresh failed (will retry)")
+            except Exception as exc:
+                if not isinstance(exc, StoreError):
+                    log.exception("version cache refresh failed (will retry)")
+                else:
+                    if self._last_error is None or exc.message != self._last_error.message:
+                        log.warning("version cache refresh failed (will retry): %s",
+                                    exc.message)
+                    self._last_error = exc
                 with self._fresh:
                     self._last_fail = time.monotonic()
                     self._fresh.notify_all()
@@ -426,8 +425,7 @@ class VersionCache:
         """Fold (and maybe VACUUM) after a refresh. A failure here is not a failed refresh:
         the versions just read are good; the next fold retries."""
         try:
-            if self.source.fold():
-                self.source.vacuum_if_due()
+            self.source.fold_and_vacuum()
         except StoreError as exc:
             log.warning("folding the version log failed (will retry): %s", exc.message)
 
@@ -501,10 +499,10 @@ class VersionCache:
                 # Markers stay in the dict (rebuild_markers scans it); so does any key the
                 # database sorted differently from Python's bytes order (never expected).
                 if raw.startswith(_MARKER) or not cold.append(raw, int(version), int(updated)):
-                    folded[_text(name)] = _pack(int(version), int(updated))
+                    folded[as_text(name)] = _pack(int(version), int(updated))
             if len(rows) < PAGE:
                 break
-            after = _text(rows[-1][0])
+            after = as_text(rows[-1][0])
         rows = self._query(*refresh_statement(seq, paramstyle))
         epoch, now_seq = _meta(rows)
         state = _State(epoch, seq, folded, cold)
@@ -518,9 +516,9 @@ class VersionCache:
         for src, name, version, updated in rows:
             source = int(src)
             if source == 0:
-                changed[_text(name)] = _pack(int(version), int(updated or 0))
+                changed[as_text(name)] = _pack(int(version), int(updated or 0))
             elif source == 2:
-                logged[_text(name)] = (int(version), int(updated or 0))
+                logged[as_text(name)] = (int(version), int(updated or 0))
         touched = [*changed, *logged, *state.logged]
         with self._lock:
             state.folded.update(changed)
@@ -533,7 +531,7 @@ class VersionCache:
 
 def _lsn(text: Any) -> int:
     """A PostgreSQL WAL position (``16/B374D848``) as a number."""
-    high, low = _text(text).split("/")
+    high, low = as_text(text).split("/")
     return (int(high, 16) << 32) | int(low, 16)
 
 
@@ -542,11 +540,9 @@ def _meta(rows: Sequence[Sequence[Any]]) -> tuple[str, int]:
     seq = 0  # a store made before the fold sequence existed has no row until it folds
     for src, name, _, _ in rows:
         if int(src) == 1:
-            epoch = _text(name)
+            epoch = as_text(name)
         elif int(src) == 3:
-            seq = int(_text(name))
+            seq = int(as_text(name))
     if epoch is None:
-        raise StoreError(
-            "the reality_meta table has no epoch row; create the tables with create_tables() "
-            'or run "reality migrate" (alembic upgrade reality@head)')
+        raise no_epoch_error()
     return epoch, seq

@@ -23,6 +23,7 @@ import os
 import sys
 from collections.abc import Sequence
 
+from .cache import DEFAULT_INTERVAL
 from .errors import RealityError
 from .urls import DatabaseURL
 
@@ -71,10 +72,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=_port, default=8000)
     serve.add_argument("--base", default="/reality", help="path prefix (default /reality)")
     serve.add_argument("--workers", type=_positive, default=1)
-    serve.add_argument("--refresh-interval", type=_seconds, default=0.055, metavar="SECONDS",
+    serve.add_argument("--refresh-interval", type=_seconds, default=DEFAULT_INTERVAL,
+                       metavar="SECONDS",
                        help="how often each process refreshes its version cache (default "
-                            "0.055: with folding, at most 20 statements a second per "
-                            "process)")
+                            f"{DEFAULT_INTERVAL}: with folding, at most 20 statements a "
+                            "second per process)")
     serve.add_argument("--max-staleness", type=_seconds, default=2.0, metavar="SECONDS",
                        help="answer 503 when the cache has not refreshed for this long "
                             "(default 2)")
@@ -121,13 +123,15 @@ def serve_app() -> object:
     options = json.loads(os.environ.get(ENV_OPTIONS, "{}"))
     reader = DBAPIReader.from_url(url)
     replica = options.get("replica_url")
+    # Options missing from the environment take the constructors' own defaults.
+    cache_options = {name: options[option] for name, option in (
+        ("interval", "refresh_interval"), ("max_staleness", "max_staleness")) if option in options}
+    app_options = {"max_in_flight": options["max_in_flight"]} if "max_in_flight" in options else {}
     source = reader if options.get("no_cache") else VersionCache(
-        reader, interval=options.get("refresh_interval", 0.055),
-        max_staleness=options.get("max_staleness", 2.0),
-        replica=DBAPIReader.from_url(replica, fold_threshold=None) if replica else None)
+        reader, replica=DBAPIReader.from_url(replica, fold_threshold=None) if replica else None,
+        **cache_options)
     return SyncASGIApp(SyncService(source, fold_interval=1.0),
-                       base=os.environ.get(ENV_BASE, "/reality"),
-                       max_in_flight=options.get("max_in_flight", 64))
+                       base=os.environ.get(ENV_BASE, "/reality"), **app_options)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -138,17 +142,10 @@ def _serve(args: argparse.Namespace) -> int:
         return 2
     from .asgi import normalize_base
 
-    normalize_base(args.base)
-    os.environ[ENV_URL] = args.database_url
-    os.environ[ENV_BASE] = args.base
-    # The factory runs in each worker process: the options travel in the environment.
-    os.environ[ENV_OPTIONS] = json.dumps({
-        "no_cache": args.no_cache, "refresh_interval": args.refresh_interval,
-        "max_staleness": args.max_staleness, "max_in_flight": args.max_in_flight,
-        "replica_url": args.replica_url})
-    if args.replica_url and (args.no_cache or DatabaseURL.parse(args.replica_url).dialect
-                             != "postgresql" or DatabaseURL.parse(args.database_url).dialect
-                             != "postgresql"):
+    base = normalize_base(args.base)
+    if args.replica_url and (args.no_cache or any(
+            DatabaseURL.parse(u).dialect != "postgresql"
+            for u in (args.replica_url, args.database_url))):
         print("reality serve: --replica-url needs PostgreSQL for both URLs and the cache "
               "(not --no-cache)", file=sys.stderr)
         return 2
@@ -156,7 +153,13 @@ def _serve(args: argparse.Namespace) -> int:
         print("reality serve: --max-staleness must be longer than --refresh-interval",
               file=sys.stderr)
         return 2
-    base = normalize_base(args.base)
+    os.environ[ENV_URL] = args.database_url
+    os.environ[ENV_BASE] = args.base
+    # The factory runs in each worker process: the options travel in the environment.
+    os.environ[ENV_OPTIONS] = json.dumps({
+        "no_cache": args.no_cache, "refresh_interval": args.refresh_interval,
+        "max_staleness": args.max_staleness, "max_in_flight": args.max_in_flight,
+        "replica_url": args.replica_url})
     print(f"reality: serving {base}/sync on http://{args.host}:{args.port}", file=sys.stderr)
     uvicorn.run("reality_core.cli:serve_app", factory=True, host=args.host, port=args.port,
                 workers=args.workers, log_level="warning")

@@ -36,6 +36,14 @@ class ConfigurationError(RealityError, ValueError):
     code = "configuration"
 
 
+def positive_number(name: str, value: object) -> float:
+    """``value`` as a float when it is a positive int or float (a bool is not), else a
+    :class:`ConfigurationError` naming ``name``: one check for every interval and timeout."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        raise ConfigurationError(f"{name} must be a positive number, not {value!r}")
+    return float(value)
+
+
 class DeclarationError(ConfigurationError):
     code = "declaration"
 

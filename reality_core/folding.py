@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from .errors import ConfigurationError, StoreError
+from .errors import StoreError, positive_number
 from .reader import DBAPIReader
 
 log = logging.getLogger("reality.folding")
@@ -27,10 +27,8 @@ class Folder:
     """Folds every ``interval`` seconds in a daemon thread until :meth:`stop`."""
 
     def __init__(self, reader: DBAPIReader, *, interval: float = 1.0) -> None:
-        if isinstance(interval, bool) or not isinstance(interval, int | float) or interval <= 0:
-            raise ConfigurationError(f"fold interval must be a positive number, not {interval!r}")
         self.reader = reader
-        self.interval = float(interval)
+        self.interval = positive_number("fold interval", interval)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -53,10 +51,7 @@ class Folder:
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             try:
-                moved = self.reader.fold()
-                self.folded += moved
-                if moved:
-                    self.reader.vacuum_if_due()
+                self.folded += self.reader.fold_and_vacuum()
             except StoreError as exc:
                 log.warning("folding the version log failed (will retry): %s", exc.message)
             except Exception:

@@ -154,8 +154,7 @@ class DBAPIReader:
 
         def run() -> None:
             try:
-                if self.fold():
-                    self.vacuum_if_due()
+                self.fold_and_vacuum()
             except StoreError as exc:
                 log.warning("folding the version log failed: %s", exc.message)
             finally:
@@ -183,6 +182,14 @@ class DBAPIReader:
             total += moved
             if moved < batch:
                 return total
+
+    def fold_and_vacuum(self) -> int:
+        """:meth:`fold`, then :meth:`vacuum_if_due` when rows moved: what every background
+        folder runs. Returns the rows folded."""
+        moved = self.fold()
+        if moved:
+            self.vacuum_if_due()
+        return moved
 
     def vacuum_if_due(self, min_interval: float = VACUUM_INTERVAL) -> bool:
         """After folding, on PostgreSQL: ``VACUUM`` the log and the counts, at most every

@@ -40,7 +40,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from .errors import ConfigurationError, WritePathError
+from .errors import ConfigurationError, StoreError, WritePathError
 from .keys import ESCALATION_PREFIX
 
 Dialect = Literal["postgresql", "sqlite", "mysql"]
@@ -281,7 +281,7 @@ def fold(dbapi_conn: Any, dialect: Dialect, paramstyle: str, batch: int = FOLD_B
             dbapi_conn.rollback()
             _ensure_fold_seq_row(cur, dialect)
             return 0
-        seq = int(row[0].decode() if isinstance(row[0], bytes | bytearray) else row[0]) + 1
+        seq = int(as_text(row[0])) + 1
         if dialect == "postgresql":
             moved = _fold_postgresql(cur, paramstyle, batch, seq)
         else:
@@ -443,6 +443,19 @@ def key_hash(epoch: str, key: str, version: int) -> str:
     return hashlib.sha1(f"{epoch}|{key}|{version}".encode()).hexdigest()[:16]
 
 
+def as_text(value: Any) -> str:
+    """A key or meta value as read: MySQL/MariaDB return ``key_name`` (VARBINARY), and text
+    UNIONed with it, as bytes."""
+    return value.decode() if isinstance(value, bytes | bytearray) else str(value)
+
+
+def no_epoch_error() -> StoreError:
+    return StoreError(
+        f"the {META_TABLE} table has no epoch row; create the tables with create_tables() "
+        'or run "reality migrate" (alembic upgrade reality@head)'
+    )
+
+
 def snapshot_from_rows(keys: Iterable[str], rows: Iterable[Sequence[Any]]) -> Snapshot:
     """Turn the rows of :func:`read_statement` into a :class:`Snapshot`.
 
@@ -455,23 +468,16 @@ def snapshot_from_rows(keys: Iterable[str], rows: Iterable[Sequence[Any]]) -> Sn
     pending = 0
     for src, raw_name, version, updated in rows:
         if int(src) == 1:
-            # The UNION makes the column binary on MySQL/MariaDB (key_name is VARBINARY).
-            epoch = raw_name.decode() if isinstance(raw_name, bytes | bytearray) else raw_name
+            epoch = as_text(raw_name)
             continue
         if int(src) == 2:
             pending += int(version)
-        # MySQL/MariaDB keep keys as VARBINARY: decode them to compare with the request.
-        name = raw_name.decode() if isinstance(raw_name, bytes | bytearray) else raw_name
+        name = as_text(raw_name)
         entry = own.setdefault(name, [0, 0])
         entry[0] += int(version)
         entry[1] = max(entry[1], int(updated or 0))
     if not epoch:
-        from .errors import StoreError
-
-        raise StoreError(
-            f"the {META_TABLE} table has no epoch row; create the tables with create_tables() "
-            'or run "reality migrate" (alembic upgrade reality@head)'
-        )
+        raise no_epoch_error()
     markers = [(name[len(ESCALATION_PREFIX):], v, t) for name, (v, t) in own.items()
                if name.startswith(ESCALATION_PREFIX)]
     result: dict[str, VersionInfo] = {}

@@ -20,7 +20,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cache import VersionCache
-from .errors import ConfigurationError, ProtocolError, StoreError, StoreUnavailable
+from .errors import (
+    ConfigurationError,
+    ProtocolError,
+    StoreError,
+    StoreUnavailable,
+    positive_number,
+)
 from .folding import Folder
 from .protocol import Limits, parse_body, problem, validate_known
 from .reader import DBAPIReader, VersionReader
@@ -81,12 +87,8 @@ class SyncService:
         self._warned: dict[tuple[str, str], float] = {}
         self._folder: Folder | None = None
         if fold_interval is not None and isinstance(reader, VersionCache):
-            if isinstance(fold_interval, bool) or not isinstance(fold_interval, int | float) \
-                    or fold_interval <= 0:
-                raise ConfigurationError(
-                    f"fold interval must be a positive number, not {fold_interval!r}")
-            # The cache's thread folds in place of a refresh: one statement per interval.
-            reader.fold_interval = float(fold_interval)
+            # The cache's own thread folds after its refreshes (no Folder thread).
+            reader.fold_interval = positive_number("fold interval", fold_interval)
         elif fold_interval is not None and isinstance(reader, DBAPIReader) and reader.dialect:
             self._folder = Folder(reader, interval=fold_interval)
 
@@ -112,16 +114,20 @@ class SyncService:
 
     def sync(
         self, known: Mapping[str, int], *, headers: Mapping[str, str] | None = None,
-        hint: str | None = None, _validated: bool = False,
+        hint: str | None = None,
     ) -> dict[str, Any]:
         """The protocol's response for ``known``, as a dict. Raises :class:`ProtocolError`
         for invalid input and :class:`StoreError` when the store cannot be read. With
         ``hint="mutation"`` and a cache, waits for a fresh refresh (see the class)."""
+        return self._answer(validate_known(known, self.limits), headers or {}, hint)
+
+    def _answer(
+        self, checked: Mapping[str, int], headers: Mapping[str, str], hint: str | None
+    ) -> dict[str, Any]:
+        """:meth:`sync` for a ``known`` map already validated (``parse_body`` did)."""
         if self._folder is not None:
             self._folder.start()
-        # handle() has validated already (parse_body); callers of sync() may not have.
-        checked = known if _validated else validate_known(known, self.limits)
-        self._authorize(checked, headers or {})
+        self._authorize(checked, headers)
         cache = self.cache
         if cache is not None:
             if hint == "mutation":
@@ -194,8 +200,7 @@ class SyncService:
             request = parse_body(body, content_type, self.limits)
             if not may_wait and request.hint == "mutation":
                 return None
-            result = self.sync(request.known, headers=headers, hint=request.hint,
-                               _validated=True)
+            result = self._answer(request.known, headers or {}, request.hint)
         except ProtocolError as exc:
             return error_response(exc.status, exc.code, exc.message)
         except StoreError as exc:

@@ -8,14 +8,13 @@ from collections.abc import Collection, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from reality_core import CORSPolicy, DBAPIReader, SyncService, VersionCache
 from reality_core.asgi import SyncASGIApp
 from reality_core.errors import ConfigurationError
 from reality_core.store import Snapshot
-from tests.test_endpoint import Store
+from tests.test_endpoint import Store, client_for
 
 BODY = {"known": {"room:1": 0}}
 
@@ -29,8 +28,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
         s.close()
 
 
-def client(app: SyncASGIApp) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sync")
+client = client_for
 
 
 async def test_no_cors_header_unless_configured(store: Store) -> None:

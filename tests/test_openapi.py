@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from reality_core import SyncService, VersionCache
 from reality_core.asgi import SyncASGIApp
 from reality_core.openapi import ERROR_CODES
-from tests.test_endpoint import Store
+from tests.test_endpoint import Store, client_for
 
 BAD_REQUESTS: list[tuple[dict[str, Any], int, str]] = [
     ({"content": b"{", "headers": {"content-type": "application/json"}}, 400, "malformed_json"),
@@ -39,8 +38,7 @@ def app(tmp_path: Path) -> Any:
 
 
 async def test_the_description_is_served_and_names_every_route(app: SyncASGIApp) -> None:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://t") as http:
+    async with client_for(app) as http:
         doc = (await http.get("/rt/openapi.json")).json()
     assert doc["openapi"].startswith("3.1")
     assert set(doc["paths"]) == {"/rt/sync", "/rt/health"}
@@ -51,8 +49,7 @@ async def test_the_description_is_served_and_names_every_route(app: SyncASGIApp)
 
 
 async def test_every_answer_is_one_the_description_lists(app: SyncASGIApp) -> None:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://t") as http:
+    async with client_for(app) as http:
         doc = (await http.get("/rt/openapi.json")).json()
         responses = doc["paths"]["/rt/sync"]["post"]["responses"]
         problem = doc["components"]["schemas"]["Problem"]
