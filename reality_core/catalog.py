@@ -9,7 +9,7 @@ into, what "escalate everything" means.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,6 +17,7 @@ from .errors import ConfigurationError, UnsupportedStatementError
 from .keys import ROW_PREFIX, Declaration, escalation_key
 from .rawsql import matches, written_tables
 from .store import OWN_TABLES
+from .triggers import TriggerSpec, specs_for
 
 RawSQLPolicy = Literal["conservative", "strict"]
 
@@ -69,6 +70,9 @@ class Catalog:
         self._lock = threading.Lock()
         self._cascades: dict[str, tuple[Declaration, ...]] | None = None
         self._undo: list[Callable[[], None]] = []
+        #: Changes with every add/clear: caches of derived data (trigger specs) compare it.
+        self.generation = 0
+        self._specs: tuple[int, int | None, list[TriggerSpec]] | None = None
 
     def __len__(self) -> int:
         return len(self._decls)
@@ -89,6 +93,7 @@ class Catalog:
                 return
             self._decls[decl.table] = decl
             self._cascades = None
+            self.generation += 1
 
     def on_clear(self, fn: Callable[[], None]) -> None:
         """Run ``fn`` when the catalog is cleared (undo a listener a declaration added)."""
@@ -101,8 +106,18 @@ class Catalog:
             self._undo.clear()
             self._decls.clear()
             self._cascades = None
+            self.generation += 1
 
-    def cascade_keys(self, table: str) -> set[str]:
+    def trigger_specs(self, max_keys: int | None) -> list[TriggerSpec]:
+        """What each tracked table's trigger computes (trigger mode, PostgreSQL)."""
+        cached = self._specs
+        if cached is not None and cached[0] == self.generation and cached[1] == max_keys:
+            return cached[2]
+        specs = specs_for(self.declarations(), max_keys, self.cascade_keys)
+        self._specs = (self.generation, max_keys, specs)
+        return specs
+
+    def cascade_keys(self, table: str, skip: Collection[str] = ()) -> set[str]:
         """Keys of tracked tables the database changes when rows of ``table`` are deleted
         (``ON DELETE CASCADE / SET NULL / SET DEFAULT``): their rows are unknowable, so
         everything derived from them escalates."""
@@ -116,7 +131,8 @@ class Catalog:
             self._cascades = cache
         keys: set[str] = set()
         for decl in cache.get(table, ()):
-            keys |= decl.escalation_keys()
+            if decl.table not in skip:
+                keys |= decl.escalation_keys()
         return keys
 
     def compact(self, keys: Iterable[str], limit: int | None) -> list[str]:
@@ -157,36 +173,44 @@ class Catalog:
         return decl.escalation_keys() | self.cascade_keys(table)
 
     def raw_sql_keys(
-        self, sql: str, policy: RawSQLPolicy, dialect: str | None = None
+        self, sql: str, policy: RawSQLPolicy, dialect: str | None = None,
+        covered: Collection[str] = (),
     ) -> set[str]:
         """Keys for a raw SQL string: every tracked table it writes escalates. A string
         whose writes cannot be attributed escalates every table (``conservative``) or
-        raises :class:`UnsupportedStatementError` (``strict``)."""
+        raises :class:`UnsupportedStatementError` (``strict``). Tables in ``covered`` have
+        database triggers that bump them from inside the statement: they are left out."""
         if not self._decls:
             return set()
         written = written_tables(sql, dialect=dialect)
         keys: set[str] = set()
         if written is None:
+            uncovered = [d for t, d in self._decls.items() if t not in covered]
+            if not uncovered:
+                return keys  # every tracked table bumps itself, whatever the statement did
             if policy == "strict":
                 raise UnsupportedStatementError(
                     "Reality cannot tell which tables this statement writes: "
                     f"{sql[:200]!r}. Bump the affected keys by hand, or use "
                     "raw_sql='conservative' to bump every tracked table"
                 )
-            for decl in self._decls.values():
+            for decl in uncovered:
                 keys |= decl.escalation_keys()
             return keys
         for name in written:
             for table in self._decls:
+                if table in covered:
+                    continue
                 schema, _, bare = table.rpartition(".")
                 if matches(name, bare, schema or None):
                     keys |= self.escalate(table)
-        return keys | self.cascades_of_untracked(written)
+        return keys | self.cascades_of_untracked(written, covered)
 
-    def cascades_of_untracked(self, written: Iterable[str]) -> set[str]:
+    def cascades_of_untracked(self, written: Iterable[str],
+                              covered: Collection[str] = ()) -> set[str]:
         """Keys of tracked tables the database changes when rows of *untracked* tables
         among ``written`` are deleted (``ON DELETE CASCADE/SET NULL``); a tracked table's own
-        cascades come with :meth:`escalate`."""
+        cascades come with :meth:`escalate`. A ``covered`` child's trigger sees the cascade."""
         keys: set[str] = set()
         written = list(written)
         if not written:  # the common case (a SELECT): no work on the statement path
@@ -197,7 +221,7 @@ class Catalog:
                 continue
             for parent in parents:
                 if matches(name, *_bare(parent)):
-                    keys |= self.cascade_keys(parent)
+                    keys |= self.cascade_keys(parent, skip=covered)
         return keys
 
 

@@ -208,6 +208,15 @@ class Declaration:
     links: tuple[tuple[str, str, str], ...] = field(default=())
     #: Tables whose deletes the database cascades into this one (ON DELETE CASCADE/SET NULL).
     cascades_from: tuple[str, ...] = field(default=())
+    #: (declared name, SQL column name) where the two differ (trigger mode writes SQL).
+    sql_names: tuple[tuple[str, str], ...] = field(default=())
+
+    def sql_name(self, column: str) -> str:
+        """The database column behind the declared column ``column``."""
+        for declared, sql in self.sql_names:
+            if declared == column:
+                return sql
+        return column
 
     @property
     def template_columns(self) -> frozenset[str]:
@@ -279,6 +288,7 @@ def declare(
     keys: Iterable[str] = (),
     links: Iterable[tuple[str, str, str]] = (),
     cascades_from: Iterable[str] = (),
+    sql_names: Mapping[str, str] | None = None,
 ) -> Declaration:
     """Validate a declaration; every plugin's ``track`` ends here.
 
@@ -286,7 +296,8 @@ def declare(
     is refused here, at declaration time, not at the first write. ``links`` lists
     ``(column, other_table, other_column)`` for link tables: a written link row bumps the row
     key of the row it points to. ``cascades_from`` names parent tables whose deletes the
-    database cascades into this table.
+    database cascades into this table. ``sql_names`` maps declared column names to database
+    column names where they differ (an ORM attribute named apart from its column).
     """
     if isinstance(keys, str):
         raise DeclarationError(
@@ -318,4 +329,5 @@ def declare(
         templates=templates,
         links=tuple(links),
         cascades_from=tuple(cascades_from),
+        sql_names=tuple(sorted((k, v) for k, v in (sql_names or {}).items() if k != v)),
     )

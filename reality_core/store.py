@@ -2,7 +2,7 @@
 
 Three tables live in the application's own database::
 
-    reality_log(id, key_name, created_at)                   one row per key per commit
+    reality_log(id, key_name, created_at, txid)             one row per key per commit
     reality_versions(key_name, version, hash, updated_at)   folded counts, one row per key
     reality_meta(name, value)                                holds ("epoch", <uuid>)
 
@@ -58,6 +58,12 @@ FOLD_BATCH: Final = 10_000
 BUMP_CHUNK: Final = 500
 
 Params = Sequence[Any] | Mapping[str, Any]
+#: The writing transaction's id, as reality_log.txid's default on PostgreSQL: trigger-mode
+#: bumps and Python bumps of one transaction share it, and a key counts once per txid.
+CURRENT_TXID: Final = "pg_current_xact_id()::text::bigint"
+#: Log rows of one key counted as transactions: rows sharing a txid are one bump (I6); rows
+#: without one (SQLite, MySQL, rows from before reality_0003) are each their own.
+LOG_COUNT: Final = "COUNT(DISTINCT txid) + SUM(CASE WHEN txid IS NULL THEN 1 ELSE 0 END)"
 
 
 def normalize_dialect(name: str) -> Dialect:
@@ -80,20 +86,24 @@ def create_table_statements(dialect: Dialect) -> list[str]:
         key_type = 'VARCHAR(256) COLLATE "C"'
         suffix = ""
         log_id = "BIGSERIAL"
+        txid = f"txid BIGINT DEFAULT ({CURRENT_TXID}), "
     elif dialect == "mysql":
         # Bytes, not a _bin collation: utf8mb4_bin pads with spaces, so 'room ' = 'room'.
         key_type = "VARBINARY(1024)"
         suffix = " ENGINE=InnoDB"
         log_id = "BIGINT NOT NULL AUTO_INCREMENT"
+        txid = "txid BIGINT, "
     else:
         key_type = "VARCHAR(256)"
         suffix = ""
         log_id = "INTEGER NOT NULL"
+        txid = "txid BIGINT, "
     return [
         f"CREATE TABLE IF NOT EXISTS {LOG_TABLE} ("
         f"id {log_id}, "
         f"key_name {key_type} NOT NULL, "
         "created_at BIGINT NOT NULL, "
+        + txid +
         # No index on key_name: every commit would pay for it, and the log is short (folded
         # every second); caches read it whole, folds by id.
         f"CONSTRAINT pk_{LOG_TABLE} PRIMARY KEY (id)){suffix}",
@@ -244,9 +254,9 @@ def read_statement(keys: Collection[str], paramstyle: str) -> tuple[str, Params]
         f"SELECT 0, key_name, version, updated_at FROM {VERSIONS_TABLE} "
         f"WHERE key_name IN ({in_list()}) "
         f"UNION SELECT 0, key_name, version, updated_at FROM {VERSIONS_TABLE} WHERE {markers()} "
-        f"UNION SELECT 2, key_name, COUNT(*), MAX(created_at) FROM {LOG_TABLE} "
+        f"UNION SELECT 2, key_name, {LOG_COUNT}, MAX(created_at) FROM {LOG_TABLE} "
         f"WHERE key_name IN ({in_list()}) GROUP BY key_name "
-        f"UNION SELECT 2, key_name, COUNT(*), MAX(created_at) FROM {LOG_TABLE} "
+        f"UNION SELECT 2, key_name, {LOG_COUNT}, MAX(created_at) FROM {LOG_TABLE} "
         f"WHERE {markers()} GROUP BY key_name "
         f"UNION SELECT 1, value, 0, 0 FROM {META_TABLE} WHERE name = 'epoch'"
     )
@@ -315,15 +325,20 @@ def _ensure_fold_seq_row(cur: Any, dialect: Dialect) -> None:
 
 
 def _fold_postgresql(cur: Any, paramstyle: str, batch: int, seq: int) -> int:
-    # One statement: the rows deleted are exactly the rows counted.
+    # One statement: the rows deleted are exactly the rows counted. The batch ends on a
+    # transaction boundary (every row of each txid <= the bound), so a transaction's rows of
+    # one key are never split between two folds and counted twice. Folds are serialised on
+    # the fold_seq row, and writers never touch log rows, so nothing here waits on a lock.
     ph = Placeholders(paramstyle)
     limit = ph.next("n", batch)
     stamp = ph.next("s", seq)
     cur.execute(
-        f"WITH moved AS (DELETE FROM {LOG_TABLE} WHERE id IN (SELECT id FROM "
-        f"{LOG_TABLE} ORDER BY id LIMIT {limit} FOR UPDATE SKIP LOCKED) "
-        "RETURNING key_name, created_at), "
-        "counted AS (SELECT key_name, COUNT(*) AS n, MAX(created_at) AS t FROM moved "
+        f"WITH bound AS (SELECT MAX(txid) AS b FROM (SELECT txid FROM {LOG_TABLE} "
+        f"WHERE txid IS NOT NULL ORDER BY txid LIMIT {limit}) f), "
+        f"moved AS (DELETE FROM {LOG_TABLE} WHERE txid IS NULL OR txid <= (SELECT b FROM bound) "
+        "RETURNING key_name, created_at, txid), "
+        "counted AS (SELECT key_name, COUNT(DISTINCT txid) + COUNT(*) FILTER "
+        "(WHERE txid IS NULL) AS n, MAX(created_at) AS t FROM moved "
         "GROUP BY key_name ORDER BY key_name), "
         f"applied AS (INSERT INTO {VERSIONS_TABLE} (key_name, version, hash, updated_at, "
         f"fold_seq) SELECT key_name, n, '', t, {stamp} FROM counted "
@@ -346,14 +361,21 @@ def _fold_locking_read(cur: Any, dialect: Dialect, paramstyle: str, batch: int,
     limit = ph.next("n", batch)
     lock = " FOR UPDATE SKIP LOCKED" if dialect == "mysql" else ""
     cur.execute(
-        f"SELECT id, key_name, created_at FROM {LOG_TABLE} ORDER BY id LIMIT {limit}{lock}",
+        f"SELECT id, key_name, created_at, txid FROM {LOG_TABLE} ORDER BY id "
+        f"LIMIT {limit}{lock}",
         ph.params,
     )
     rows = cur.fetchall()
     if not rows:
         return 0
     counts: dict[Any, list[int]] = {}
-    for _, key, created in rows:
+    seen: set[tuple[Any, int]] = set()
+    for _, key, created, txid in rows:
+        # (No triggers here, so txid is NULL and every row is a transaction's one bump.)
+        if txid is not None:
+            if (key, txid) in seen:
+                continue
+            seen.add((key, txid))
         entry = counts.setdefault(key, [0, 0])
         entry[0] += 1
         entry[1] = max(entry[1], int(created))
@@ -392,7 +414,7 @@ def refresh_statement(cursor: int, paramstyle: str) -> tuple[str, Params]:
     sql = (
         f"SELECT 0, key_name, version, updated_at FROM {VERSIONS_TABLE} "
         f"WHERE fold_seq > {after} "
-        f"UNION ALL SELECT 2, key_name, COUNT(*), MAX(created_at) FROM {LOG_TABLE} "
+        f"UNION ALL SELECT 2, key_name, {LOG_COUNT}, MAX(created_at) FROM {LOG_TABLE} "
         "GROUP BY key_name "
         f"UNION ALL SELECT 1, value, 0, 0 FROM {META_TABLE} WHERE name = 'epoch' "
         f"UNION ALL SELECT 3, value, 0, 0 FROM {META_TABLE} WHERE name = 'fold_seq'"

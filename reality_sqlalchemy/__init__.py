@@ -66,6 +66,8 @@ from .engines import enable_sqlite_savepoints, version_reader
 from .schema import (
     acreate_tables,
     create_tables,
+    create_triggers,
+    drop_triggers,
     include_name,
     include_object,
     metadata,
@@ -78,6 +80,8 @@ __all__ = [
     "acreate_tables",
     "bump",
     "create_tables",
+    "create_triggers",
+    "drop_triggers",
     "enable_sqlite_savepoints",
     "include_name",
     "include_object",

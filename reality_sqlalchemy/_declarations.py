@@ -113,6 +113,7 @@ def track_table(
         owner=owner, table=table_name(table), columns=[c.key for c in table.columns],
         primary_key=pk, table_key=table_key, row_keys=rows and bool(pk) and not links,
         keys=keys, links=_links(table) if links else (), cascades_from=_cascades_from(table),
+        sql_names=_sql_names(table),
     )
     registry.add(Tracked(decl, table))
     return table
@@ -167,6 +168,7 @@ def track(
             owner=cls.__name__, table=table_name(local), columns=[c.key for c in local.columns],
             primary_key=[c.key for c in local.primary_key.columns], table_key=table,
             row_keys=rows, keys=keys, cascades_from=_cascades_from(local),
+            sql_names=_sql_names(local),
         )
         # Only the columns keys are made of: reading history is the per-row cost of a flush.
         needed = set(decl.primary_key) | decl.template_columns
@@ -198,6 +200,11 @@ def track(
     return apply(model)
 
 
+def _sql_names(table: sa.Table) -> dict[str, str]:
+    """Column key -> column name (``Column("room", key="room_id")``): triggers write SQL."""
+    return {c.key: c.name for c in table.columns}
+
+
 def _keep_old_value(target: Any, value: Any, oldvalue: Any, initiator: Any) -> Any:
     return value
 
@@ -213,7 +220,7 @@ def _track_link_tables(mapper: Mapper[Any]) -> None:
                     columns=[c.key for c in secondary.columns],
                     primary_key=[c.key for c in secondary.primary_key.columns],
                     row_keys=False, links=_links(secondary),
-                    cascades_from=_cascades_from(secondary),
+                    cascades_from=_cascades_from(secondary), sql_names=_sql_names(secondary),
                 )
                 registry.add(Tracked(decl, secondary, explicit=False))
 

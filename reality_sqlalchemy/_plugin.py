@@ -36,6 +36,7 @@ from reality_core.catalog import RawSQLPolicy, Settings
 from reality_core.errors import ConfigurationError, WritePathError
 from reality_core.keys import MISSING, validate_key
 from reality_core.store import normalize_dialect, run_bump
+from reality_core.triggers import covered_tables
 
 from ._declarations import Tracked, registry, table_name
 
@@ -48,15 +49,42 @@ _FLUSHING = "reality.flushing"
 class _ConnState:
     """Per-connection tracking state: the key buffer and the session that owns it."""
 
-    __slots__ = ("buffer", "current", "dialect", "session")
+    __slots__ = ("buffer", "covered", "current", "dialect", "session")
 
     def __init__(self, conn: Connection) -> None:
         self.buffer = KeyBuffer()
         self.dialect = normalize_dialect(conn.dialect.name)
+        #: Tables whose database triggers bump them (trigger mode): no key work here.
+        self.covered = _covered(conn, self.dialect)
         self.session: weakref.ref[Session] | None = None
         #: Template columns as the database holds them, read just before an UPDATE/DELETE
         #: of an object: (id(object), table) -> column values.
         self.current: dict[tuple[int, str], dict[str, Any]] = {}
+
+
+_COVERED = "reality.covered"
+
+
+def _covered(conn: Connection, dialect: str) -> frozenset[str]:
+    """The tracked tables with current Reality triggers, read once per DB-API connection
+    (the pool keeps the answer in the connection's ``info``) and again when declarations or
+    settings change."""
+    if dialect != "postgresql" or not len(registry.catalog):
+        return frozenset()
+    specs = registry.catalog.trigger_specs(_plugin.settings.max_keys)
+    info = conn.connection.info
+    stamp = (registry.catalog.generation, _plugin.settings.max_keys, _plugin.trigger_epoch)
+    cached = info.get(_COVERED)
+    if cached is not None and cached[0] == stamp:
+        covered: frozenset[str] = cached[1]
+        return covered
+    dbapi_conn = conn.connection.dbapi_connection
+    try:
+        covered = covered_tables(dbapi_conn, specs)
+    except Exception as exc:  # I7: the transaction fails rather than guess
+        raise WritePathError(f"Reality could not look up its triggers: {exc}") from exc
+    info[_COVERED] = (stamp, covered)
+    return covered
 
 
 def _state(conn: Connection) -> _ConnState | None:
@@ -128,7 +156,7 @@ def _read_current(mapper: Mapper[Any], connection: Connection, target: Any) -> N
         return
     for tracked in _tracked_tables(mapper):
         decl = tracked.declaration
-        if not decl.templates:
+        if not decl.templates or decl.table in state.covered:
             continue
         table = tracked.table
         pk_values = dict(zip((c.key for c in mapper.primary_key), identity[1], strict=False))
@@ -153,6 +181,8 @@ def _mapper_listener(op: str) -> Any:
         keys: set[str] = set()
         for tracked in _tracked_tables(mapper):
             decl = tracked.declaration
+            if decl.table in state.covered:
+                continue  # its trigger bumped it inside the statement
             new, old = _images(tracked, target, op)
             keys |= decl.keys_for_row(new, old)
             current = state.current.pop((id(target), decl.table), None)
@@ -249,6 +279,8 @@ class _Plugin:
         self.targets: dict[int, tuple[Any, Any, Settings]] = {}
         self.engines: dict[int, Engine] = {}
         self.settings = Settings()
+        #: Bumped by create_triggers/drop_triggers: cached trigger lookups are then stale.
+        self.trigger_epoch = 0
         self.mapper_listeners = [
             ("before_update", _read_current),
             ("before_delete", _read_current),
@@ -329,7 +361,7 @@ class _Plugin:
             if not isinstance(table, sa.Table):
                 return set()
             tracked = registry.get(table_name(table))
-            if tracked is None:
+            if tracked is None or tracked.declaration.table in state.covered:
                 return set()
             session = state.session() if state.session is not None else None
             if tracked.mapped and session is not None and session.info.get(_FLUSHING):
@@ -341,7 +373,8 @@ class _Plugin:
             sql = getattr(getattr(result, "context", None), "statement", None) or str(stmt)
         else:
             return set()
-        return registry.catalog.raw_sql_keys(sql, self.settings.raw_sql, state.dialect)
+        return registry.catalog.raw_sql_keys(sql, self.settings.raw_sql, state.dialect,
+                                             state.covered)
 
     def on_savepoint(self, conn: Connection, name: str | None) -> None:
         state = _state(conn)

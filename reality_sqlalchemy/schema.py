@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -10,14 +11,17 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from reality_core.catalog import check_max_keys
 from reality_core.errors import ConfigurationError
 from reality_core.store import (
+    CURRENT_TXID,
     LOG_TABLE,
     META_TABLE,
     OWN_TABLES,
     VERSIONS_TABLE,
     insert_epoch_statement,
 )
+from reality_core.triggers import TriggerSpec, create_plan, drop_plan, pick
 
 metadata = sa.MetaData()
 
@@ -34,10 +38,16 @@ log = sa.Table(
               autoincrement=True),
     sa.Column("key_name", KEY_TYPE, nullable=False),
     sa.Column("created_at", sa.BigInteger, nullable=False),
+    # The writing transaction's id; on PostgreSQL its default (set below) fills it in.
+    sa.Column("txid", sa.BigInteger, nullable=True),
     sa.PrimaryKeyConstraint("id", name=f"pk_{LOG_TABLE}"),
     # No index on key_name: see reality_core.store.create_table_statements.
     mysql_engine="InnoDB",
 )
+
+sa.event.listen(log, "after_create", sa.DDL(
+    f"ALTER TABLE {LOG_TABLE} ALTER COLUMN txid SET DEFAULT ({CURRENT_TXID})",
+).execute_if(dialect="postgresql"))
 
 versions = sa.Table(
     VERSIONS_TABLE, metadata,
@@ -120,3 +130,80 @@ def migrations_path() -> Path:
     """
     # In a source checkout this is a symlink to the repository's migrations/ directory.
     return Path(str(resources.files("reality_sqlalchemy"))) / "migrations"
+
+
+_INSTALLED: Any = object()  # max_keys default: the installed plugin's setting
+
+
+def _trigger_specs(max_keys: Any) -> list[TriggerSpec]:
+    from ._declarations import registry
+    from ._plugin import _plugin
+
+    if max_keys is _INSTALLED:
+        max_keys = _plugin.settings.max_keys
+    return registry.catalog.trigger_specs(check_max_keys(max_keys))
+
+
+def _trigger_bind(bind: Any, verb: str) -> sa.Engine | sa.Connection:
+    if isinstance(bind, sa.Engine | sa.Connection):
+        if bind.dialect.name != "postgresql":
+            raise ConfigurationError(
+                f"{verb}(): trigger mode needs PostgreSQL, not {bind.dialect.name}; on other "
+                "databases the plugin bumps from Python (nothing to create)")
+        return bind
+    raise ConfigurationError(
+        f"{verb}() takes an Engine or a Connection, not {type(bind).__name__}"
+        + (" (pass engine.sync_engine for an AsyncEngine)"
+           if isinstance(bind, AsyncEngine) else ""))
+
+
+def _run_ddl(bind: sa.Engine | sa.Connection, plan: Any) -> None:
+    from ._plugin import _plugin
+
+    def run(conn: sa.Connection) -> None:
+        for sql in plan(lambda q: conn.exec_driver_sql(q).fetchall()):
+            conn.exec_driver_sql(sql)
+
+    if isinstance(bind, sa.Connection):
+        run(bind)
+    else:
+        with bind.begin() as conn:
+            run(conn)
+    _plugin.trigger_epoch += 1  # this process's connections look again
+
+
+def create_triggers(bind: sa.Engine | sa.Connection, *, tables: Iterable[str] | None = None,
+                    max_keys: int | None = _INSTALLED) -> list[str]:
+    """Trigger mode (PostgreSQL): let the database bump tracked tables' keys itself.
+
+    Example::
+
+        reality_sqlalchemy.install(SessionLocal)
+        reality_sqlalchemy.create_triggers(engine)      # after your tables exist
+
+    Creates (or replaces) one function and four statement-level triggers per tracked table
+    (all, or the table names in ``tables``), in one transaction. Writes to those tables then
+    cost no extra statement at COMMIT and no key work in Python, and writes from outside
+    SQLAlchemy bump too; :mod:`reality_core.triggers` describes the contract and limits.
+    ``max_keys`` must be the plugin's (default: the installed setting). Run it again when a
+    declaration changes; until then the plugin logs the trigger as stale and bumps that
+    table from Python. Returns the tables done. With alembic, call it from a revision with
+    ``op.get_bind()``.
+    """
+    conn = _trigger_bind(bind, "create_triggers")
+    specs = _trigger_specs(max_keys)
+    done = [s.table for s in pick(specs, tables)]
+    _run_ddl(conn, lambda query: create_plan(specs, tables, query))
+    return done
+
+
+def drop_triggers(bind: sa.Engine | sa.Connection, *,
+                  tables: Iterable[str] | None = None) -> list[str]:
+    """Remove what :func:`create_triggers` made (all tracked tables, or ``tables``); the
+    plugin bumps those tables from Python again. Restart other processes of the app: they
+    keep believing the triggers are there until their connections are replaced."""
+    conn = _trigger_bind(bind, "drop_triggers")
+    specs = _trigger_specs(None)
+    done = [s.table for s in pick(specs, tables)]
+    _run_ddl(conn, lambda query: drop_plan(specs, tables))
+    return done

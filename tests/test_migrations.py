@@ -35,7 +35,7 @@ from tests import dbs
 ROOT = Path(__file__).resolve().parent.parent
 OWN = {"reality_log", "reality_versions", "reality_meta"}
 NewDatabase = Callable[[], str]
-HEAD = "reality_0002"
+HEAD = "reality_0003"
 
 # What the reflected key_name type must say, so the schema comparison cannot pass vacuously.
 KEY_TYPE = {

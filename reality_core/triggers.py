@@ -1,0 +1,379 @@
+"""Trigger mode (PostgreSQL): the database bumps a tracked table's keys itself.
+
+Usage::
+
+    reality_sqlalchemy.create_triggers(engine)     # or reality_peewee / reality_tortoise
+
+creates, for every tracked table, one PL/pgSQL function and four statement-level triggers
+(``AFTER INSERT/UPDATE/DELETE`` with transition tables, ``AFTER TRUNCATE``). Each write
+statement then appends its table, row and template keys (old *and* new rows) to
+``reality_log`` from inside the statement: no extra round trip before COMMIT, no key work in
+Python, and writers outside the ORM (psql, other services, ``ON DELETE CASCADE``) are seen
+too. Savepoints and rollbacks need nothing: the appended rows are part of the statement.
+
+The plugins notice the triggers on each new database connection (one catalog query) and
+stop computing keys for the tables they cover; tables without a trigger, or whose trigger
+was made from another declaration (a *stale* trigger: it is logged), stay on the Python
+path. Both paths may bump the same key in one transaction: every log row carries its
+transaction id (``reality_log.txid``) and a key counts once per transaction, so a version
+still rises by exactly one per committed transaction (I6).
+
+Contract and limits:
+
+* Key columns (primary key, template fields, link columns) must be ``smallint``,
+  ``integer``, ``bigint``, ``text``, ``varchar`` or ``uuid``: types whose text form in
+  PostgreSQL is the one Python's ``str()`` gives, so both paths make the same key.
+  :func:`trigger_statements` refuses any other type, naming the column.
+* A statement that touches more than ``max_keys`` rows escalates the table (every derived key
+  reads as changed). The Python path counts per transaction, the trigger per statement: a
+  transaction of many small statements appends one row per key and statement, deduplicated
+  by the readers.
+* Dropping a trigger by hand while processes run leaves those processes believing the table
+  is covered until they reconnect: use ``drop_triggers()`` and restart the app processes.
+* The triggers hold the declaration they were made from; change a declaration (a new
+  template, another ``max_keys``) and run ``create_triggers`` again (it replaces them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import string
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .errors import ConfigurationError
+from .keys import ROW_PREFIX, TABLE_PREFIX, Declaration, KeyTemplate
+from .store import LOG_TABLE, as_text
+
+log = logging.getLogger("reality.triggers")
+
+#: Bumped when the generated SQL changes shape: older triggers then read as stale.
+FORMAT: Final = 1
+TRIGGER_PREFIX: Final = "reality_bump"
+#: (trigger name suffix, event, REFERENCING clause)
+EVENTS: Final = (
+    ("ins", "INSERT", "REFERENCING NEW TABLE AS reality_new"),
+    ("upd", "UPDATE", "REFERENCING OLD TABLE AS reality_old NEW TABLE AS reality_new"),
+    ("del", "DELETE", "REFERENCING OLD TABLE AS reality_old"),
+    ("trn", "TRUNCATE", ""),
+)
+#: PostgreSQL types whose ``::text`` equals Python's ``str()`` of the driver's value.
+TEXT_SAFE: Final = frozenset({"int2", "int4", "int8", "text", "varchar", "uuid"})
+_TEXTUAL: Final = frozenset({"text", "varchar"})
+_COMMENT_PREFIX: Final = "reality trigger "
+
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def quote_table(table: str) -> str:
+    schema, _, bare = table.rpartition(".")
+    return f"{quote_ident(schema)}.{quote_ident(bare)}" if schema else quote_ident(bare)
+
+
+def quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def function_name(table: str) -> str:
+    """The trigger function of ``table``, in the table's schema. Table names are cut to fit
+    PostgreSQL's 63-byte identifiers, with a hash so two long names never share one."""
+    schema, _, bare = table.rpartition(".")
+    name = f"{TRIGGER_PREFIX}_{bare}"
+    if len(name.encode()) > 63:
+        digest = hashlib.sha1(bare.encode()).hexdigest()[:8]
+        name = f"{TRIGGER_PREFIX}_{bare.encode()[:40].decode(errors='ignore')}_{digest}"
+    return f"{quote_ident(schema)}.{quote_ident(name)}" if schema else quote_ident(name)
+
+
+@dataclass(frozen=True, slots=True)
+class TriggerSpec:
+    """What one table's triggers compute: its declaration, the escalation limit and the keys
+    its deletes cascade into. Equal specs make equal triggers (see :attr:`signature`)."""
+
+    declaration: Declaration
+    max_keys: int | None
+    cascade_keys: tuple[str, ...] = ()
+
+    @property
+    def table(self) -> str:
+        return self.declaration.table
+
+    @property
+    def key_columns(self) -> tuple[str, ...]:
+        """The declared columns the keys are made of (primary key, templates, links)."""
+        d = self.declaration
+        cols = list(d.primary_key) if d.row_keys else []
+        cols += [f for t in d.templates for f in t.fields]
+        cols += [c for c, _, _ in d.links]
+        return tuple(dict.fromkeys(cols))
+
+    @property
+    def signature(self) -> str:
+        d = self.declaration
+        parts = [
+            str(FORMAT), d.table, str(d.table_key), str(d.row_keys),
+            ",".join(f"{c}={d.sql_name(c)}" for c in d.primary_key),
+            "|".join(t.pattern for t in d.templates),
+            ";".join(f"{c}={d.sql_name(c)}" for t in d.templates for c in t.fields),
+            ";".join(f"{c}={d.sql_name(c)}>{o}" for c, o, _ in d.links),
+            str(self.max_keys), "|".join(self.cascade_keys),
+        ]
+        return hashlib.sha1("\x1f".join(parts).encode()).hexdigest()[:20]
+
+
+def specs_for(declarations: Iterable[Declaration], max_keys: int | None,
+              cascade_keys: Any) -> list[TriggerSpec]:
+    """One spec per declaration; ``cascade_keys(table)`` is the catalog's."""
+    return [TriggerSpec(d, max_keys, tuple(sorted(cascade_keys(d.table))))
+            for d in declarations]
+
+
+def column_types_statement(table: str) -> str:
+    """``(column name, type name)`` of ``table``'s columns (``typname``, e.g. ``int4``)."""
+    return ("SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t "
+            "ON t.oid = a.atttypid WHERE a.attrelid = "
+            f"{quote_literal(quote_table(table))}::regclass AND a.attnum > 0 "
+            "AND NOT a.attisdropped")
+
+
+def _text(column_sql: str) -> str:
+    return f"{column_sql}::text"
+
+
+def _part(column_sql: str) -> str:
+    # Python's keys._encode_part: '%' first, then ':'. (E'\\x25' is '%': DB-API drivers
+    # given no parameters may still read a bare percent sign as a placeholder.)
+    return (f"replace(replace({column_sql}::text, E'\\x25', E'\\x2525'), ':', "
+            "E'\\x253A')")
+
+
+def _template_sql(template: KeyTemplate, d: Declaration) -> str:
+    pieces: list[str] = []
+    for literal, name, _, _ in string.Formatter().parse(template.pattern):
+        if literal:
+            pieces.append(quote_literal(literal))
+        if name is not None:
+            pieces.append(_text(quote_ident(d.sql_name(name))))
+    return " || ".join(pieces) if pieces else quote_literal(template.pattern)
+
+
+def _image_keys(spec: TriggerSpec, image: str) -> list[tuple[str, str]]:
+    """(expression, NULL-check) pairs of the keys one row image yields, as SELECT branches
+    over the transition table ``image``. A NULL field gives no key (``render`` -> None)."""
+    d = spec.declaration
+    out: list[tuple[str, str]] = []
+    if d.row_keys and d.primary_key:
+        expr = quote_literal(f"{ROW_PREFIX}{d.table}:") + " || " + " || ':' || ".join(
+            _part(quote_ident(d.sql_name(c))) for c in d.primary_key)
+        out.append((expr, ""))
+    for template in d.templates:
+        if not template.fields:
+            out.append((quote_literal(template.pattern), ""))
+            continue
+        nulls = " AND ".join(f"{quote_ident(d.sql_name(f))} IS NOT NULL"
+                             for f in template.fields)
+        out.append((_template_sql(template, d), nulls))
+    for column, other, _ in d.links:
+        col = quote_ident(d.sql_name(column))
+        out.append((quote_literal(f"{ROW_PREFIX}{other}:") + f" || {_part(col)}",
+                    f"{col} IS NOT NULL"))
+    return out
+
+
+def _selects(spec: TriggerSpec, images: Sequence[str], fixed: Iterable[str]) -> str:
+    """One SELECT of ``(key, ms)``: the ``fixed`` keys and every key of each image."""
+    branches = [f"SELECT {quote_literal(k)}, ms" for k in sorted(fixed)]
+    for image in images:
+        for expr, notnull in _image_keys(spec, image):
+            where = f" WHERE {notnull}" if notnull else ""
+            branches.append(f"SELECT {expr}, ms FROM {image}{where}")
+    return " UNION ".join(branches)
+
+
+def _insert(select: str) -> str:
+    return f"INSERT INTO {LOG_TABLE} (key_name, created_at) {select};"
+
+
+def function_body(spec: TriggerSpec, column_types: Mapping[str, str]) -> str:
+    """The PL/pgSQL body of ``spec``'s trigger function. ``column_types`` maps SQL column
+    names to ``typname``; a key column of another type than :data:`TEXT_SAFE` is refused."""
+    d = spec.declaration
+    for column in spec.key_columns:
+        sql_name = d.sql_name(column)
+        typ = column_types.get(sql_name)
+        if typ is None:
+            raise ConfigurationError(
+                f"{d.owner}: table {d.table} has no column {sql_name!r} in the database; "
+                "create the table (run your migrations) before its triggers")
+        if typ not in TEXT_SAFE:
+            raise ConfigurationError(
+                f"{d.owner}: column {d.table}.{sql_name} is {typ}; trigger mode makes keys "
+                f"only from {', '.join(sorted(TEXT_SAFE))} columns (their text form is the "
+                "same in PostgreSQL and Python). Leave this table out of create_triggers("
+                "tables=...): the plugin keeps bumping it from Python")
+    textual = [d.sql_name(c) for c in spec.key_columns if column_types[d.sql_name(c)] in _TEXTUAL]
+    fixed = {f"{TABLE_PREFIX}{d.table}"} if d.table_key else set()
+    fixed |= {t.pattern for t in d.templates if not t.fields}
+    escalation = d.escalation_keys() | fixed
+    limit = spec.max_keys
+    lines = [
+        "DECLARE",
+        "  ms bigint := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;",
+        "BEGIN",
+    ]
+    lines.append("  IF TG_OP = 'TRUNCATE' THEN")
+    lines.append("    " + _insert(_selects(spec, [], set(escalation) | set(spec.cascade_keys))))
+    lines.append("    RETURN NULL;")
+    lines.append("  END IF;")
+    for op, images in (("INSERT", ["reality_new"]), ("UPDATE", ["reality_old", "reality_new"]),
+                       ("DELETE", ["reality_old"])):
+        always = set(fixed) | (set(spec.cascade_keys) if op == "DELETE" else set())
+        lines.append(f"  IF TG_OP = '{op}' THEN")
+        if textual:
+            # Python refuses such keys (validate_key); so does the trigger (I7).
+            cond = " OR ".join(f"{quote_ident(c)} ~ '[\\x01-\\x1f\\x7f-\\x9f]'"
+                               for c in textual)
+            for image in images:
+                lines.append(f"    IF EXISTS (SELECT 1 FROM {image} WHERE {cond}) THEN")
+                lines.append("      RAISE EXCEPTION 'reality: a key column of "
+                             f"{d.table.replace(chr(39), chr(39) * 2)} holds a control "
+                             "character; keys must not contain control characters' "
+                             "USING ERRCODE = '22023';")
+                lines.append("    END IF;")
+        if limit is not None and _image_keys(spec, "x"):
+            lines.append(f"    IF EXISTS (SELECT 1 FROM {images[-1]} OFFSET {limit}) THEN")
+            lines.append("      " + _insert(_selects(spec, [], set(escalation) | always)))
+            lines.append("      RETURN NULL;")
+            lines.append("    END IF;")
+        lines.append("    " + _insert(_selects(spec, images, always)))
+        lines.append("  END IF;")
+    lines.append("  RETURN NULL;")
+    lines.append("END")
+    return "\n".join(lines)
+
+
+def trigger_statements(spec: TriggerSpec, column_types: Mapping[str, str]) -> list[str]:
+    """DDL that creates (or replaces) ``spec``'s function and its four triggers."""
+    table = quote_table(spec.table)
+    fn = function_name(spec.table)
+    body = function_body(spec, column_types)
+    tag, n = "$reality$", 0
+    while tag in body:  # a template could hold the quote tag; pick one it does not
+        n += 1
+        tag = f"$reality{n}$"
+    out = [
+        f"CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql AS "
+        f"{tag}\n{body}\n{tag}",
+        f"COMMENT ON FUNCTION {fn}() IS {quote_literal(_COMMENT_PREFIX + spec.signature)}",
+    ]
+    for suffix, event, referencing in EVENTS:
+        name = quote_ident(f"{TRIGGER_PREFIX}_{suffix}")
+        out.append(f"DROP TRIGGER IF EXISTS {name} ON {table}")
+        out.append(f"CREATE TRIGGER {name} AFTER {event} ON {table} {referencing} "
+                   f"FOR EACH STATEMENT EXECUTE FUNCTION {fn}()")
+    return out
+
+
+def drop_statements(table: str) -> list[str]:
+    """DDL that removes ``table``'s Reality triggers and function (safe when absent)."""
+    quoted = quote_table(table)
+    out = [f"DROP TRIGGER IF EXISTS {quote_ident(f'{TRIGGER_PREFIX}_{s}')} ON {quoted}"
+           for s, _, _ in EVENTS]
+    out.append(f"DROP FUNCTION IF EXISTS {function_name(table)}()")
+    return out
+
+
+#: Tables with all four Reality triggers enabled, and their function's comment.
+FOUND_STATEMENT: Final = (
+    "SELECT n.nspname, c.relname, obj_description(p.oid, 'pg_proc') "
+    "FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+    "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_proc p ON p.oid = t.tgfoid "
+    f"WHERE t.tgname IN ({', '.join(quote_literal(f'{TRIGGER_PREFIX}_{s}') for s, _, _ in EVENTS)}) "
+    "AND NOT t.tgisinternal AND t.tgenabled <> 'D' "
+    "GROUP BY n.nspname, c.relname, p.oid "
+    f"HAVING COUNT(*) = {len(EVENTS)}"
+)
+
+
+def covered_tables(dbapi_conn: Any, specs: Iterable[TriggerSpec]) -> frozenset[str]:
+    """:func:`covered_from_rows` of :data:`FOUND_STATEMENT` run on a DB-API connection
+    (PostgreSQL, inside whatever transaction it has)."""
+    specs = list(specs)
+    if not specs:
+        return frozenset()
+    cur = dbapi_conn.cursor()
+    try:
+        cur.execute(FOUND_STATEMENT)
+        rows = cur.fetchall()
+    finally:
+        cur.close()
+    return covered_from_rows(rows, specs)
+
+
+def covered_from_rows(rows: Iterable[Sequence[Any]],
+                      specs: Iterable[TriggerSpec]) -> frozenset[str]:
+    """The tables of ``specs`` whose triggers exist, are enabled and match their spec, from
+    the rows of :data:`FOUND_STATEMENT`. A table whose trigger was made from another spec is
+    logged as stale and left to the Python path."""
+    found: dict[str, str] = {}
+    for schema, name, comment in rows:
+        text = as_text(comment) if comment is not None else ""
+        found[f"{as_text(schema)}.{as_text(name)}"] = text
+        found.setdefault(as_text(name), text)  # unqualified declarations: search_path's
+    covered = set()
+    for spec in specs:
+        comment = found.get(spec.table)
+        if comment is None:
+            continue
+        if comment == _COMMENT_PREFIX + spec.signature:
+            covered.add(spec.table)
+        else:
+            log.warning(
+                "the Reality trigger on %s was made from another declaration; the plugin "
+                "bumps the table from Python until create_triggers() runs again", spec.table)
+    return frozenset(covered)
+
+
+def create_plan(specs: Sequence[TriggerSpec], tables: Iterable[str] | None,
+                column_types: Callable[[str], Iterable[Sequence[Any]]]) -> list[str]:
+    """The DDL that creates the triggers of ``specs`` (all, or those of ``tables``).
+    ``column_types(sql)`` runs :func:`column_types_statement` and returns its rows. Every
+    table is checked before any DDL is returned, so a refused column changes nothing.
+    Plugins run the statements in one transaction of their own."""
+    statements: list[str] = []
+    for spec in pick(specs, tables):
+        types = {as_text(name): as_text(typ)
+                 for name, typ in column_types(column_types_statement(spec.table))}
+        if not types:
+            raise ConfigurationError(
+                f"{spec.declaration.owner}: table {spec.table} does not exist; create it "
+                "(run your migrations) before its triggers")
+        statements += trigger_statements(spec, types)
+    return statements
+
+
+def drop_plan(specs: Sequence[TriggerSpec], tables: Iterable[str] | None) -> list[str]:
+    """The DDL that drops the triggers of ``specs`` (all, or those of ``tables``)."""
+    return [sql for spec in pick(specs, tables) for sql in drop_statements(spec.table)]
+
+
+def pick(specs: Sequence[TriggerSpec], tables: Iterable[str] | None) -> list[TriggerSpec]:
+    """The specs of ``tables`` (every spec when ``None``); an untracked name is refused."""
+    if tables is None:
+        return list(specs)
+    if isinstance(tables, str):
+        raise ConfigurationError(
+            f"tables= takes a list of table names, not the single string {tables!r}")
+    by_table = {s.table: s for s in specs}
+    out = []
+    for name in tables:
+        spec = by_table.get(name)
+        if spec is None:
+            raise ConfigurationError(
+                f"{name!r} is not a tracked table (tracked: {', '.join(sorted(by_table))})")
+        out.append(spec)
+    return out
