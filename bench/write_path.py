@@ -329,6 +329,12 @@ class Target(Protocol):
 
     def bulk_insert(self, variant: Variant, rows: list[dict[str, Any]]) -> None: ...
 
+    #: create_triggers() ran: raw SQL on plugin tables (the bulk prefill) bumps too.
+    triggers: bool
+
+    def create_triggers(self) -> None:
+        """Trigger mode: the plugin tables get their database triggers."""
+
     def close(self) -> None: ...
 
 
@@ -456,6 +462,8 @@ def order_values(rng: random.Random, scenario: Scenario) -> dict[str, Any]:
 
 class _TargetBase:
     """Naming, raw SQL on an untracked connection, and the sanity check, for every ORM."""
+
+    triggers = False
 
     orm: str = ""
     bulk_bump_bound: dict[str, int] | None = None
@@ -631,6 +639,9 @@ class SqlAlchemyTarget(_TargetBase):
                 self.models.setdefault(sc.name, {})[variant] = model
         _Base.metadata.create_all(self.pool)
         reality.create_tables(self.pool)
+
+    def create_triggers(self) -> None:
+        reality.create_triggers(self.pool, max_keys=self.MAX_KEYS)
 
     def activate(self, variant: Variant) -> None:
         if variant == "plugin":
@@ -1275,6 +1286,8 @@ def check_bulk(engine: Engine, target: Target, upd: dict[Variant, str],
                 "OR strpos(key_name, :b) > 0"), {"a": upd["baseline"], "b": ins["baseline"]}
             ).one()
         n_upd, n_insc = commits[BULK_UPDATE.name], commits[BULK_INSERT.name]
+        # In trigger mode the database also saw the raw-SQL prefill: one more commit.
+        n_upd += 1 if target.triggers else 0
         keys = {
             "table_upd": f"{TABLE_PREFIX}{upd['plugin']}",
             "row_1": f"{ROW_PREFIX}{upd['plugin']}:1",
@@ -1286,7 +1299,7 @@ def check_bulk(engine: Engine, target: Target, upd: dict[Variant, str],
         v = {name: snap.version(key) for name, key in keys.items()}
         expect(v["table_upd"] == n_upd,
                f"{keys['table_upd']} version {v['table_upd']} (expected {n_upd}, one per "
-               "plugin UPDATE)")
+               "plugin UPDATE" + (", and the prefill" if target.triggers else "") + ")")
         expect(v["row_1"] >= n_upd and v["room_1"] >= n_upd,
                f"{keys['row_1']} reads {v['row_1']}, {keys['room_1']} reads {v['room_1']} "
                f"(each >= {n_upd}: every UPDATE changed that row)")
@@ -1656,6 +1669,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                    help="bulk rounds (default: --rounds)")
     p.add_argument("--storage-commits", type=int, default=1_000_000)
     p.add_argument("--storage-keys", type=int, default=1000)
+    p.add_argument("--mode", choices=("triggers", "python"), default="triggers",
+                   help="plugin rounds in trigger mode (create_triggers: the database bumps, "
+                        "the PostgreSQL deployment we recommend; default) or with the keys "
+                        "computed and bumped from Python at COMMIT")
     p.add_argument("--no-folder", action="store_true",
                    help="no folder during plugin rounds (to see what folding costs)")
     p.add_argument("--database-url", default=os.environ.get(URL_ENV, DEFAULT_URL),
@@ -1719,7 +1736,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"python {platform.python_version()}, SQLAlchemy {sa.__version__}, "
         f"{os.cpu_count()} CPUs; ORMs {args.orm_list}; scenarios {args.scenario_list}; "
         f"{args.rounds} rounds x {args.duration:g} s per variant, warm-up {args.warmup:g} s; "
-        f"folder during plugin rounds: {'no' if args.no_folder else f'every {FOLD_INTERVAL:g} s'}")
+        f"folder during plugin rounds: {'no' if args.no_folder else f'every {FOLD_INTERVAL:g} s'}; "
+        f"plugin mode: {args.mode}")
     load_start = load_average()
     say(f"load average at start: {load_start} (other processes on this machine add noise)")
     warnings: list[str] = []
@@ -1756,6 +1774,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         for orm in args.orm_list:
             try:
                 target = ORMS[orm](db_url, [*scenarios, *BULK_TABLES], pool_size)
+                if args.mode == "triggers":
+                    target.create_triggers()
+                    target.triggers = True
             except ImportError as exc:  # an ORM or plugin not installed here
                 skipped[orm] = repr(exc)
                 warnings.append(f"{orm} skipped: {exc}")
@@ -1822,7 +1843,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if bulk_results:
         say("")
         say(bulk_table(bulk_results))
-    results = [c.as_json() for c in cases] + [b.as_json() for b in bulk_results]
+    results = [{**r, "mode": args.mode}
+               for r in [c.as_json() for c in cases] + [b.as_json() for b in bulk_results]]
     conflicts = {kind: sum(r.get(kind, 0) + r.get(f"baseline_{kind}", 0) for r in results)
                  for kind in CONFLICTS.values()}
     say(f"deadlocks: {conflicts['deadlocks']}, serialization failures: "
@@ -1843,6 +1865,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         say("!!! SANITY CHECK FAILED: the plugin did not bump what was committed (see above)")
     out: dict[str, Any] = {
         "bench": "write_path",
+        "mode": args.mode,
         "fsync": fsync,
         "synchronous_commit": sync_commit,
         "server_version": settings["server_version"],

@@ -24,10 +24,10 @@ Contract and limits:
   ``integer``, ``bigint``, ``text``, ``varchar`` or ``uuid``: types whose text form in
   PostgreSQL is the one Python's ``str()`` gives, so both paths make the same key.
   :func:`trigger_statements` refuses any other type, naming the column.
-* A statement that touches more than ``max_keys`` rows escalates the table (every derived key
-  reads as changed). The Python path counts per transaction, the trigger per statement: a
-  transaction of many small statements appends one row per key and statement, deduplicated
-  by the readers.
+* Once a transaction has written more than ``max_keys`` rows of a table, its statements
+  escalate the table instead (every derived key reads as changed), as the Python path does:
+  a 100,000-row UPDATE appends a handful of log rows, not 100,000. The trigger counts rows,
+  the Python path keys of a kind; both over-, never under-invalidate.
 * Dropping a trigger by hand while processes run leaves those processes believing the table
   is covered until they reconnect: use ``drop_triggers()`` and restart the app processes.
 * The triggers hold the declaration they were made from; change a declaration (a new
@@ -220,9 +220,11 @@ def function_body(spec: TriggerSpec, column_types: Mapping[str, str]) -> str:
     fixed |= {t.pattern for t in d.templates if not t.fields}
     escalation = d.escalation_keys() | fixed
     limit = spec.max_keys
+    counter = quote_literal("reality.rows_" + hashlib.sha1(d.table.encode()).hexdigest()[:16])
     lines = [
         "DECLARE",
         "  ms bigint := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;",
+        "  n bigint;",
         "BEGIN",
     ]
     lines.append("  IF TG_OP = 'TRUNCATE' THEN")
@@ -245,7 +247,15 @@ def function_body(spec: TriggerSpec, column_types: Mapping[str, str]) -> str:
                              "USING ERRCODE = '22023';")
                 lines.append("    END IF;")
         if limit is not None and _image_keys(spec, "x"):
-            lines.append(f"    IF EXISTS (SELECT 1 FROM {images[-1]} OFFSET {limit}) THEN")
+            # Rows this transaction wrote to the table so far, in a transaction-local
+            # setting (a rolled-back savepoint takes its share back): past max_keys the
+            # statement appends the table's markers instead of one row per key, as the
+            # Python path's compaction does at COMMIT.
+            lines.append(f"    n := COALESCE(NULLIF(current_setting({counter}, true), ''), "
+                         f"'0')::bigint + (SELECT count(*) FROM (SELECT 1 FROM {images[-1]} "
+                         f"LIMIT {limit + 1}) x);")
+            lines.append(f"    PERFORM set_config({counter}, n::text, true);")
+            lines.append(f"    IF n > {limit} THEN")
             lines.append("      " + _insert(_selects(spec, [], set(escalation) | always)))
             lines.append("      RETURN NULL;")
             lines.append("    END IF;")
@@ -292,7 +302,8 @@ FOUND_STATEMENT: Final = (
     "SELECT n.nspname, c.relname, obj_description(p.oid, 'pg_proc') "
     "FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
     "JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_proc p ON p.oid = t.tgfoid "
-    f"WHERE t.tgname IN ({', '.join(quote_literal(f'{TRIGGER_PREFIX}_{s}') for s, _, _ in EVENTS)}) "
+    "WHERE t.tgname IN ("
+    + ", ".join(quote_literal(f"{TRIGGER_PREFIX}_{s}") for s, _, _ in EVENTS) + ") "
     "AND NOT t.tgisinternal AND t.tgenabled <> 'D' "
     "GROUP BY n.nspname, c.relname, p.oid "
     f"HAVING COUNT(*) = {len(EVENTS)}"

@@ -45,7 +45,7 @@ log = sa.Table(
     mysql_engine="InnoDB",
 )
 
-sa.event.listen(log, "after_create", sa.DDL(
+sa.event.listen(log, "after_create", sa.DDL(  # type: ignore[no-untyped-call]
     f"ALTER TABLE {LOG_TABLE} ALTER COLUMN txid SET DEFAULT ({CURRENT_TXID})",
 ).execute_if(dialect="postgresql"))
 
@@ -141,6 +141,8 @@ def _trigger_specs(max_keys: Any) -> list[TriggerSpec]:
 
     if max_keys is _INSTALLED:
         max_keys = _plugin.settings.max_keys
+    # Link tables of relationships are tracked when their mappers are configured.
+    sa.orm.configure_mappers()
     return registry.catalog.trigger_specs(check_max_keys(max_keys))
 
 

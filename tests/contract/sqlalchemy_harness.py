@@ -302,7 +302,8 @@ def _drop_schema(conn: sa.Connection) -> None:
 
 
 @contextlib.asynccontextmanager
-async def sqlalchemy_async_harness(dialect: str, url: str) -> AsyncIterator[AsyncHarness]:
+async def sqlalchemy_async_harness(dialect: str, url: str, *,
+                                   triggers: bool = False) -> AsyncIterator[AsyncHarness]:
     engine = create_async_engine(DatabaseURL.parse(url).sqlalchemy(asynchronous=True))
     if dialect.startswith("sqlite"):
         event.listen(engine.sync_engine, "connect", _sqlite_fk_on)
@@ -313,6 +314,9 @@ async def sqlalchemy_async_harness(dialect: str, url: str) -> AsyncIterator[Asyn
         await conn.run_sync(_create_schema, base)
     h = AsyncHarness(dialect, url, engine)
     reality_sqlalchemy.install(h.Session)
+    if triggers:
+        async with engine.begin() as conn:
+            await conn.run_sync(reality_sqlalchemy.create_triggers)
     try:
         yield h
     finally:
@@ -324,7 +328,8 @@ async def sqlalchemy_async_harness(dialect: str, url: str) -> AsyncIterator[Asyn
 
 
 @contextlib.asynccontextmanager
-async def sqlalchemy_harness(dialect: str, url: str) -> AsyncIterator[SyncHarness]:
+async def sqlalchemy_harness(dialect: str, url: str, *,
+                             triggers: bool = False) -> AsyncIterator[SyncHarness]:
     engine = sa.create_engine(_sync_url(dialect, url), pool_size=5)
     if dialect == "sqlite":
         event.listen(engine, "connect", _sqlite_fk_on)
@@ -334,6 +339,8 @@ async def sqlalchemy_harness(dialect: str, url: str) -> AsyncIterator[SyncHarnes
         _create_schema(conn, dialect)
     h = SyncHarness(dialect, url, engine)
     reality_sqlalchemy.install(h.Session)
+    if triggers:
+        reality_sqlalchemy.create_triggers(engine)
     try:
         yield h
     finally:
