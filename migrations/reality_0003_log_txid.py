@@ -1,5 +1,7 @@
 """reality_log.txid: the writing transaction's id, so a key counts once per transaction
-even when database triggers (trigger mode, PostgreSQL) and the Python plugin both bump it.
+even when database triggers (trigger mode, PostgreSQL) and the Python plugin both bump it;
+on PostgreSQL the log loses its primary key (folds go by txid; an index-free log shrinks back
+to nothing under VACUUM once folded).
 
 Revision ID: reality_0003
 Revises: reality_0002
@@ -37,8 +39,13 @@ def upgrade() -> None:
             batch.add_column(sa.Column("txid", sa.BigInteger(), nullable=True))
     if op.get_context().dialect.name == "postgresql":
         op.execute(sa.text(f"ALTER TABLE {LOG} ALTER COLUMN txid SET DEFAULT ({TXID_DEFAULT})"))
+        op.execute(sa.text(f"ALTER TABLE {LOG} DROP CONSTRAINT IF EXISTS pk_{LOG}"))
+        op.execute(sa.text(f"ALTER TABLE {LOG} REPLICA IDENTITY FULL"))
 
 
 def downgrade() -> None:
+    if op.get_context().dialect.name == "postgresql":
+        op.execute(sa.text(f"ALTER TABLE {LOG} REPLICA IDENTITY DEFAULT"))
+        op.create_primary_key(f"pk_{LOG}", LOG, ["id"])
     with op.batch_alter_table(LOG) as batch:
         batch.drop_column("txid")

@@ -102,11 +102,18 @@ def create_table_statements(dialect: Dialect) -> list[str]:
         f"CREATE TABLE IF NOT EXISTS {LOG_TABLE} ("
         f"id {log_id}, "
         f"key_name {key_type} NOT NULL, "
-        "created_at BIGINT NOT NULL, "
-        + txid +
+        "created_at BIGINT NOT NULL"
+        + ", " + txid.rstrip(", ")
         # No index on key_name: every commit would pay for it, and the log is short (folded
-        # every second); caches read it whole, folds by id.
-        f"CONSTRAINT pk_{LOG_TABLE} PRIMARY KEY (id)){suffix}",
+        # every second); caches read it whole. On PostgreSQL not even a primary key: folds go
+        # by txid, and a log without an index is a bare heap that VACUUM truncates to nothing
+        # once folded, where an index would keep the size of the log's peak for good.
+        + ("" if dialect == "postgresql" else f", CONSTRAINT pk_{LOG_TABLE} PRIMARY KEY (id)")
+        + f"){suffix}",
+        # Deletes from a table without a key need a replica identity if the database
+        # publishes all tables for logical replication.
+        *([f"ALTER TABLE {LOG_TABLE} REPLICA IDENTITY FULL"] if dialect == "postgresql"
+          else []),
         f"CREATE TABLE IF NOT EXISTS {VERSIONS_TABLE} ("
         f"key_name {key_type} NOT NULL, "
         "version BIGINT NOT NULL, "

@@ -45,9 +45,13 @@ log = sa.Table(
     mysql_engine="InnoDB",
 )
 
-sa.event.listen(log, "after_create", sa.DDL(  # type: ignore[no-untyped-call]
-    f"ALTER TABLE {LOG_TABLE} ALTER COLUMN txid SET DEFAULT ({CURRENT_TXID})",
-).execute_if(dialect="postgresql"))
+# On PostgreSQL the log has no index at all and txid its default: the same table as
+# reality_core.store.create_table_statements makes (see the reasons there).
+for _ddl in (f"ALTER TABLE {LOG_TABLE} ALTER COLUMN txid SET DEFAULT ({CURRENT_TXID})",
+             f"ALTER TABLE {LOG_TABLE} DROP CONSTRAINT pk_{LOG_TABLE}",
+             f"ALTER TABLE {LOG_TABLE} REPLICA IDENTITY FULL"):
+    sa.event.listen(log, "after_create", sa.DDL(_ddl).execute_if(  # type: ignore[no-untyped-call]
+        dialect="postgresql"))
 
 versions = sa.Table(
     VERSIONS_TABLE, metadata,

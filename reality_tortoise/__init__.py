@@ -76,6 +76,14 @@ inside a transaction runs statement by statement (Python's ``executescript`` wou
 transaction first), and a transaction left open by an abandoned wrapper is rolled back, not
 committed, by the next ``BEGIN``; a failed COMMIT (deferred foreign key) is rolled back.
 
+Trigger mode (PostgreSQL)
+-------------------------
+``await create_triggers()`` (after the tables exist) lets the database bump tracked tables
+itself, from statement-level triggers: writes to them cost no key work in Python and no
+bump statement at COMMIT, and writes from outside Tortoise (psql, other services) bump too.
+The plugin reads which tables are covered once per connection; other tables keep the Python
+path. :mod:`reality_core.triggers` has the contract and limits; :func:`drop_triggers` undoes it.
+
 What is not tracked
 -------------------
 Writes inside stored procedures, triggers or functions called from a ``SELECT``; writes by
@@ -91,7 +99,8 @@ API
 ---
 :class:`Track`, :func:`track`, :func:`untrack`, :func:`install`, :func:`uninstall`,
 :func:`installed`, :func:`connection_config`, :class:`Settings`,
-:func:`bump`, :func:`create_tables`, :class:`CreateRealityTables`, :func:`version_reader`.
+:func:`bump`, :func:`create_tables`, :class:`CreateRealityTables`, :func:`create_triggers`,
+:func:`drop_triggers`, :func:`version_reader`.
 """
 
 from __future__ import annotations
@@ -115,6 +124,7 @@ from ._api import bump, version_reader
 from ._config import connection_config, install, installed, uninstall
 from ._declarations import Track, track, untrack
 from ._schema import CreateRealityTables, create_tables
+from ._triggers import create_triggers, drop_triggers
 
 __all__ = [
     "CreateRealityTables",
@@ -123,6 +133,8 @@ __all__ = [
     "bump",
     "connection_config",
     "create_tables",
+    "create_triggers",
+    "drop_triggers",
     "install",
     "installed",
     "track",

@@ -4,7 +4,7 @@ of tracked tables each Reality client builds from Tortoise's app registry."""
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, TypeVar, overload
@@ -76,14 +76,16 @@ def _table_name(model: type[Model]) -> str:
     return f"{meta.schema}.{meta.db_table}" if meta.schema else meta.db_table
 
 
-def _class_columns(model: type[Model]) -> set[str]:
-    """Field names a template may use, as far as they are known before Tortoise.init:
-    data fields, and ``<fk>_id`` for each foreign key (created by Tortoise.init)."""
+def _class_columns(model: type[Model]) -> dict[str, str]:
+    """Field names a template may use, as far as they are known before Tortoise.init, and
+    their database columns: data fields, and ``<fk>_id`` for each foreign key (created by
+    Tortoise.init)."""
     meta = model._meta
-    names = {n for n, f in meta.fields_map.items() if f.has_db_field}
+    names = {n: f.source_field or n for n, f in meta.fields_map.items() if f.has_db_field}
     for name in (*meta.fk_fields, *meta.o2o_fields):
         source = getattr(meta.fields_map[name], "source_field", None)
-        names.add(source if source and source in meta.fields_map else f"{name}_id")
+        column = source if source and source in meta.fields_map else f"{name}_id"
+        names.setdefault(column, column)
     return names
 
 
@@ -124,9 +126,10 @@ def track(
         if cls._meta.db_table in OWN_TABLES:
             raise DeclarationError(f"{cls.__name__}: Reality's own tables are never tracked")
         # Validate what can be checked before Tortoise.init (the real check repeats there).
+        columns = _class_columns(cls)
         declare(owner=cls.__name__, table=cls._meta.db_table or cls.__name__.lower(),
-                columns=_class_columns(cls), primary_key=[cls._meta.pk_attr or "id"],
-                table_key=spec.table, row_keys=spec.rows, keys=spec.keys)
+                columns=columns, primary_key=[cls._meta.pk_attr or "id"],
+                table_key=spec.table, row_keys=spec.rows, keys=spec.keys, sql_names=columns)
         _EXPLICIT[cls] = spec
         _generation[0] += 1
         return cls
@@ -228,6 +231,8 @@ def _model_table(model: type[Model], spec: Track) -> TrackedTable:
         owner=model.__name__, table=_table_name(model), columns=data_fields,
         primary_key=[meta.pk_attr], table_key=spec.table, row_keys=spec.rows, keys=spec.keys,
         cascades_from=cascades,
+        # Declared names are field names; the triggers read columns (source_field).
+        sql_names=dict(meta.fields_db_projection),
     )
     return TrackedTable(decl, model, dict(meta.fields_db_projection_reverse),
                         (meta.db_pk_column,))
@@ -244,6 +249,8 @@ def _link_table(model: type[Model], f: ManyToManyFieldInstance[Any]) -> TrackedT
     decl = declare(
         owner=f"link table {through}", table=through, columns=[f.backward_key, f.forward_key],
         primary_key=(), row_keys=False, links=links, cascades_from=cascades,
+        # A link table has no model: its declared names are its database columns.
+        sql_names={f.backward_key: f.backward_key, f.forward_key: f.forward_key},
     )
     return TrackedTable(decl)
 
@@ -286,37 +293,43 @@ class TortoiseCatalog:
         return None
 
     def row_keys(self, tracked: TrackedTable, new: Image | None, old: Image | None,
-                 *, delete: bool = False) -> set[str]:
+                 *, delete: bool = False, covered: Collection[str] = ()) -> set[str]:
         keys = tracked.declaration.keys_for_row(new, old)
-        if delete:
-            keys |= self.core.cascade_keys(tracked.declaration.table)
+        if delete:  # a covered child's own trigger sees the cascade
+            keys |= self.core.cascade_keys(tracked.declaration.table, skip=covered)
         return keys
 
     def statement_keys(self, sql: str, params: Any, *, many: bool, dialect: Dialect,
-                       paramstyle: _sql.Paramstyle, policy: RawSQLPolicy) -> set[str]:
+                       paramstyle: _sql.Paramstyle, policy: RawSQLPolicy,
+                       covered: Collection[str] = ()) -> set[str]:
         """Keys for one execution of ``sql`` (``params`` is a list of parameter lists when
-        ``many``). Raises :class:`~reality_core.errors.UnsupportedStatementError` for an
-        unreadable write under the ``strict`` policy."""
+        ``many``). Tables in ``covered`` have database triggers (trigger mode) that bump
+        them from inside the statement: they give no keys here. Raises
+        :class:`~reality_core.errors.UnsupportedStatementError` for an unreadable write
+        under the ``strict`` policy."""
         if not self.tables:
             return set()
         written = _written(sql, dialect)
         if written is None:  # a write this reader cannot attribute: escalate, or fail
-            return self.core.raw_sql_keys(sql, policy)
+            return self.core.raw_sql_keys(sql, policy, covered=covered)
         if not written:
             return set()
         shape = _sql.parse(sql, paramstyle) if len(written) == 1 else None
         if shape is None:
-            return self.core.raw_sql_keys(sql, policy)
+            return self.core.raw_sql_keys(sql, policy, covered=covered)
         tracked = self.table(shape.table)
         if tracked is None:  # untracked, but its deletes may cascade into tracked tables
-            return (self.core.cascades_of_untracked({shape.table}) if shape.kind == "delete"
-                    else set())
+            return (self.core.cascades_of_untracked({shape.table}, covered)
+                    if shape.kind == "delete" else set())
+        if tracked.declaration.table in covered:
+            return set()
         keys: set[str] = set()
         runs: Sequence[Any] = params if many else [params]
         for run in runs:
             for new, old in _sql.images(shape, run, tracked.pk_columns):
                 keys |= self.row_keys(tracked, tracked.from_columns(new),
-                                      tracked.from_columns(old), delete=shape.kind == "delete")
+                                      tracked.from_columns(old),
+                                      delete=shape.kind == "delete", covered=covered)
         return keys
 
 

@@ -24,17 +24,27 @@ Where the plugin overrides a private method (``_in_transaction``, so that Tortoi
 while a statement waited for it), there is no public hook that does the job; each such
 override calls the original and adds only the tracking.
 
+Trigger mode (PostgreSQL, :mod:`reality_core.triggers`): the tables whose database
+triggers are current are *covered*; the plugin learns them once per physical connection
+(again when the declarations, ``max_keys`` or the triggers made by this process change) and
+computes no keys for them: no statement parsing, no old-value ``SELECT``, no bump at COMMIT
+when nothing else is left. Keys of uncovered tables and :func:`bump` work as before.
+
 A write outside any transaction runs in a transaction of its own with its bump (the data
-and its bump commit together, or neither does). A task spawned inside ``in_transaction()``
-inherits the transaction through its context; its statements belong to that transaction
-while it is open, and once it has ended they run as writes outside any transaction: they
-are never attributed to it, nor to whatever transaction the pooled connection serves next.
+and its bump commit together, or neither does); a write that only touches covered tables
+runs as it is, the trigger bumping inside the statement (coverage for such writes is read
+once per client, on whichever pooled connection). A task spawned inside
+``in_transaction()`` inherits the transaction through its context; its statements belong to
+that transaction while it is open, and once it has ended they run as writes outside any
+transaction: they are never attributed to it, nor to whatever transaction the pooled
+connection serves next.
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
@@ -50,7 +60,9 @@ from tortoise.queryset import QuerySet
 
 from reality_core.buffer import KeyBuffer
 from reality_core.catalog import Settings
+from reality_core.errors import WritePathError
 from reality_core.store import Dialect, bump_failed, bump_statements
+from reality_core.triggers import FOUND_STATEMENT, TriggerSpec, covered_from_rows
 
 from ._declarations import TortoiseCatalog, TrackedTable, generation
 from ._sql import Paramstyle
@@ -72,6 +84,15 @@ def _counted(value: bool = True) -> Iterator[None]:
         yield
     finally:
         _COUNTED.reset(token)
+
+
+#: Bumped whenever this process creates or drops triggers (and when such a transaction
+#: ends), so that every connection's cached coverage is read again.
+trigger_epoch = [0]
+#: What each physical connection's database covers, with the stamp it was read under.
+_COVERAGE: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], frozenset[str]]] = (
+    weakref.WeakKeyDictionary())
+Rows = list[tuple[Any, ...]]
 
 
 class _TransactionEnded(Exception):
@@ -133,11 +154,39 @@ class _Statements(BaseDBAsyncClient):
     def _reality_client(self) -> RealityClient:
         raise NotImplementedError
 
-    def _reality_keys(self, sql: str, params: Any, many: bool) -> set[str]:
+    def _reality_keys(self, sql: str, params: Any, many: bool,
+                      covered: frozenset[str]) -> set[str]:
         client = self._reality_client()
         return client._reality_catalog().statement_keys(
             sql, params, many=many, dialect=self.reality_dialect,
-            paramstyle=self.reality_paramstyle, policy=client.reality_settings.raw_sql)
+            paramstyle=self.reality_paramstyle, policy=client.reality_settings.raw_sql,
+            covered=covered)
+
+    # --- Reality's own statements (trigger mode), on the driver connection -----------------
+
+    @staticmethod
+    async def _reality_fetch_on(connection: Any, sql: str) -> Rows:
+        """Rows of ``sql`` on a driver connection (PostgreSQL backends only)."""
+        raise NotImplementedError
+
+    @staticmethod
+    async def _reality_execute_on(connection: Any, sql: str) -> None:
+        """Run parameterless ``sql`` (DDL) on a driver connection."""
+        raise NotImplementedError
+
+    @staticmethod
+    def _reality_physical(connection: Any) -> Any:
+        """The physical connection behind what the pool hands out (the coverage cache's key:
+        a pool may hand the same connection out through a new proxy each time)."""
+        return connection
+
+    async def _reality_fetch(self, sql: str) -> Rows:
+        async with self.acquire_connection() as connection:
+            return await self._reality_fetch_on(connection, sql)
+
+    async def _reality_execute(self, sql: str) -> None:
+        async with self.acquire_connection() as connection:
+            await self._reality_execute_on(connection, sql)
 
 
 class RealityClient(_Statements):
@@ -151,6 +200,9 @@ class RealityClient(_Statements):
                  **kwargs: Any) -> None:
         self.reality_settings = Settings(**(reality or {}))
         self._reality_cache: tuple[Apps, int, TortoiseCatalog] | None = None
+        #: Coverage as last read on any of the pool's connections, for writes outside a
+        #: transaction (which connection the pool hands them is unknown beforehand).
+        self._reality_coverage: tuple[tuple[Any, ...], frozenset[str]] | None = None
         super().__init__(*args, **kwargs)
 
     def _reality_client(self) -> RealityClient:
@@ -168,10 +220,35 @@ class RealityClient(_Statements):
             self._reality_cache = (apps, current, catalog)
         return catalog
 
+    def _reality_stamp(self) -> tuple[tuple[Any, ...], list[TriggerSpec]] | None:
+        """What a cached coverage must have been read under, and the specs to read it with;
+        ``None`` where there is nothing to look up (not PostgreSQL, nothing tracked)."""
+        if self.reality_dialect != "postgresql":
+            return None
+        catalog = self._reality_catalog()
+        if not len(catalog):
+            return None
+        max_keys = self.reality_settings.max_keys
+        specs = catalog.core.trigger_specs(max_keys)
+        return (catalog, catalog.core.generation, max_keys, trigger_epoch[0]), specs
+
+    async def _reality_covered(self) -> frozenset[str]:
+        """The covered tables, for a write outside any transaction."""
+        found = self._reality_stamp()
+        if found is None:
+            return frozenset()
+        stamp, specs = found
+        cached = self._reality_coverage
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        covered = await _look_up(self, specs)
+        self._reality_coverage = (stamp, covered)
+        return covered
+
     async def _reality_statement(self, name: str, sql: str, params: Any, many: bool,
                                  args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        keys = self._reality_keys(sql, params, many)
-        if not keys:
+        keys = self._reality_keys(sql, params, many, await self._reality_covered())
+        if not keys:  # nothing, or only covered tables: their triggers bump in the statement
             return await self._reality_upper(name, args, kwargs)
         # Outside any transaction: the statement and its bump get one of their own, so the
         # bump is never visible without the data, nor the data without the bump.
@@ -182,10 +259,22 @@ class RealityClient(_Statements):
                 return await getattr(wrapper, name)(*args, **kwargs)
 
 
+async def _look_up(db: _Statements, specs: list[TriggerSpec]) -> frozenset[str]:
+    """:data:`~reality_core.triggers.FOUND_STATEMENT` on ``db``'s connection."""
+    try:
+        rows = await db._reality_fetch(FOUND_STATEMENT)
+    except _TransactionEnded:
+        raise
+    except Exception as exc:  # I7: the write fails rather than guess what is covered
+        raise WritePathError(f"Reality could not look up its triggers: {exc}") from exc
+    return covered_from_rows(rows, specs)
+
+
 class RealityTransaction(_Statements, TransactionalDBClient):
     """Mixin for the transaction wrapper: the key buffer, savepoints and the bump."""
 
     _lock: Any
+    _connection: Any
 
     def __init__(self, connection: BaseDBAsyncClient) -> None:
         # Tortoise's wrapper classes take the client (or wrapper) they wrap.
@@ -198,6 +287,9 @@ class RealityTransaction(_Statements, TransactionalDBClient):
             self._reality_buffer = KeyBuffer()
             self._reality_done = False
             self._reality_base = cast(RealityClient, parent)
+            #: Set by create_triggers()/drop_triggers() run in this transaction: its end
+            #: changes what is covered, so cached coverage is read again then.
+            self._reality_ddl = False
 
     def _reality_client(self) -> RealityClient:
         return self._reality_root._reality_base
@@ -216,15 +308,37 @@ class RealityTransaction(_Statements, TransactionalDBClient):
     def acquire_connection(self) -> ConnectionWrapper[Any]:
         return _GuardedConnection(self._lock, self)
 
+    async def _reality_covered(self) -> frozenset[str]:
+        """The covered tables, as this transaction's physical connection sees them (read
+        once per connection, inside the transaction, so a failure fails it). Raises
+        :class:`_TransactionEnded` once the transaction has ended."""
+        root = self._reality_root
+        found = root._reality_base._reality_stamp()
+        if found is None:
+            return frozenset()
+        stamp, specs = found
+        physical = self._reality_physical(root._connection)
+        try:
+            cached = _COVERAGE.get(physical)
+        except TypeError:  # a connection that takes no weak reference: read every time
+            physical, cached = None, None
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        covered = await _look_up(root, specs)
+        if physical is not None:
+            _COVERAGE[physical] = (stamp, covered)
+        return covered
+
     async def _reality_statement(self, name: str, sql: str, params: Any, many: bool,
                                  args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         root = self._reality_root
         if not root._reality_done:
-            keys = self._reality_keys(sql, params, many)
-            # Counted before it runs: a statement cut short (cancelled mid-flight) may still
-            # have written; over-invalidating its keys is allowed, losing them is not.
-            root._reality_buffer.add(keys)
             try:
+                covered = await self._reality_covered()
+                keys = self._reality_keys(sql, params, many, covered)
+                # Counted before it runs: a statement cut short (cancelled mid-flight) may
+                # still have written; over-invalidating its keys is allowed, losing them not.
+                root._reality_buffer.add(keys)
                 with _counted():
                     return await self._reality_upper(name, args, kwargs)
             except _TransactionEnded:
@@ -258,7 +372,13 @@ class RealityTransaction(_Statements, TransactionalDBClient):
         except BaseException:
             buffer.release()  # unsure what was undone: keep the keys
             raise
+        finally:
+            self._reality_root._reality_ddl_ended()
         buffer.rollback_savepoint()
+
+    def _reality_ddl_ended(self) -> None:
+        if self._reality_root._reality_ddl:
+            trigger_epoch[0] += 1
 
     async def commit(self) -> None:
         if self._reality_nested:  # a savepoint release on backends that map it to commit()
@@ -271,7 +391,7 @@ class RealityTransaction(_Statements, TransactionalDBClient):
                 client = self._reality_client()
                 keys = client._reality_catalog().core.compact(
                     self._reality_buffer.drain(), client.reality_settings.max_keys)
-                if keys:
+                if keys:  # trigger mode may leave nothing: then no bump statement at all
                     await self._reality_bump(keys)
                 await self._wrapped("commit")
             except BaseException:
@@ -280,10 +400,14 @@ class RealityTransaction(_Statements, TransactionalDBClient):
             finally:
                 self._reality_done = True
                 self._reality_buffer.clear()
+                self._reality_ddl_ended()
 
     async def rollback(self) -> None:
         if self._reality_nested:
-            await self._wrapped("rollback")
+            try:
+                await self._wrapped("rollback")
+            finally:
+                self._reality_ddl_ended()
             return
         async with self._lock:
             try:
@@ -291,6 +415,7 @@ class RealityTransaction(_Statements, TransactionalDBClient):
             finally:
                 self._reality_done = True
                 self._reality_buffer.clear()
+                self._reality_ddl_ended()
 
     async def _reality_bump(self, keys: list[str]) -> None:
         try:
@@ -313,13 +438,45 @@ class RealityTransaction(_Statements, TransactionalDBClient):
 # --- executors: save() / create() / delete() ----------------------------------------------
 
 
-def _tracked(executor: BaseExecutor) -> tuple[TortoiseCatalog, TrackedTable] | None:
+async def _coverage(db: _Statements) -> tuple[frozenset[str], _Statements]:
+    """The covered tables for a write through ``db``, and the client it runs on: ``db``, or
+    its connection's client once ``db``'s transaction has ended."""
+    if isinstance(db, RealityTransaction):
+        if not db._reality_root._reality_done:
+            with contextlib.suppress(_TransactionEnded):
+                return await db._reality_covered(), db
+        db = db._reality_client()
+    return await cast(RealityClient, db)._reality_covered(), db
+
+
+async def _tracked(executor: BaseExecutor) -> _Found | None:
     db = executor.db
     if not isinstance(db, _Statements):
         return None
     catalog = db._reality_client()._reality_catalog()
     tracked = catalog.models.get(executor.model)
-    return None if tracked is None else (catalog, tracked)
+    if tracked is None:
+        return None
+    covered, runs_on = await _coverage(db)
+    return _Found(catalog, tracked, covered, runs_on)
+
+
+class _Found:
+    """A tracked model's write: its catalog entry and what trigger mode covers."""
+
+    __slots__ = ("catalog", "covered", "runs_on", "tracked")
+
+    def __init__(self, catalog: TortoiseCatalog, tracked: TrackedTable,
+                 covered: frozenset[str], runs_on: _Statements) -> None:
+        self.catalog = catalog
+        self.tracked = tracked
+        self.covered = covered
+        self.runs_on = runs_on
+
+    @property
+    def by_trigger(self) -> bool:
+        """The table's trigger bumps it: no key work, no old-value read, no own transaction."""
+        return self.tracked.declaration.table in self.covered
 
 
 @contextlib.asynccontextmanager
@@ -356,15 +513,19 @@ async def _old_image(tx: RealityTransaction, tracked: TrackedTable,
 class RealityExecutor(BaseExecutor):
     """Mixin for the backend's executor: exact keys for ``save()`` and ``delete()``."""
 
-    def _on(self, tx: RealityTransaction) -> RealityExecutor:
+    def _on(self, tx: BaseDBAsyncClient) -> RealityExecutor:
         return self if tx is self.db else type(self)(model=self.model, db=tx)
 
     async def execute_insert(self, instance: Model) -> None:
-        found = _tracked(self)
+        found = await _tracked(self)
         if found is None:
             await super().execute_insert(instance)
             return
-        catalog, tracked = found
+        if found.by_trigger:
+            with _counted():
+                await super(RealityExecutor, self._on(found.runs_on)).execute_insert(instance)
+            return
+        catalog, tracked = found.catalog, found.tracked
         async with _transaction(self.db) as tx:
             try:
                 with _counted():
@@ -377,10 +538,14 @@ class RealityExecutor(BaseExecutor):
 
     async def execute_update(self, instance: type[Model] | Model,
                              update_fields: Iterable[str] | None) -> int:
-        found = _tracked(self)
+        found = await _tracked(self)
         if found is None:
             return await super().execute_update(instance, update_fields)
-        catalog, tracked = found
+        if found.by_trigger:
+            with _counted():
+                return await super(RealityExecutor, self._on(found.runs_on)).execute_update(
+                    instance, update_fields)
+        catalog, tracked = found.catalog, found.tracked
         model_instance = cast("Model", instance)
         async with _transaction(self.db) as tx:
             old = await _old_image(tx, tracked, model_instance)
@@ -397,16 +562,21 @@ class RealityExecutor(BaseExecutor):
                     instance, update_fields)
 
     async def execute_delete(self, instance: type[Model] | Model) -> int:
-        found = _tracked(self)
+        found = await _tracked(self)
         if found is None:
             return await super().execute_delete(instance)
-        catalog, tracked = found
+        if found.by_trigger:
+            with _counted():
+                return await super(RealityExecutor, self._on(found.runs_on)).execute_delete(
+                    instance)
+        catalog, tracked = found.catalog, found.tracked
         model_instance = cast("Model", instance)
         async with _transaction(self.db) as tx:
             old = await _old_image(tx, tracked, model_instance)
             if old is None:
                 old = {tracked.model._meta.pk_attr: model_instance.pk}  # type: ignore[union-attr]
-            tx._reality_add(catalog.row_keys(tracked, None, old, delete=True))
+            tx._reality_add(catalog.row_keys(tracked, None, old, delete=True,
+                                             covered=found.covered))
             with _counted():
                 return await super(RealityExecutor, self._on(tx)).execute_delete(instance)
 

@@ -11,7 +11,12 @@ from tortoise.backends.asyncpg.schema_generator import AsyncpgSchemaGenerator
 from tortoise.backends.base.client import TransactionContext, TransactionContextPooled
 
 from reality_tortoise._schema import RealitySchemaGenerator
-from reality_tortoise._tracking import RealityClient, RealityExecutor, RealityTransaction
+from reality_tortoise._tracking import (
+    RealityClient,
+    RealityExecutor,
+    RealityTransaction,
+    Rows,
+)
 
 
 class RealityAsyncpgSchemaGenerator(RealitySchemaGenerator, AsyncpgSchemaGenerator):
@@ -22,7 +27,25 @@ class RealityAsyncpgExecutor(RealityExecutor, AsyncpgExecutor):
     pass
 
 
-class RealityAsyncpgTransaction(RealityTransaction, TransactionWrapper):
+class _Driver:
+    """Reality's own statements (trigger mode) on an asyncpg connection."""
+
+    @staticmethod
+    async def _reality_fetch_on(connection: Any, sql: str) -> Rows:
+        # asyncpg Records iterate over their values
+        return [tuple(row) for row in await connection.fetch(sql)]
+
+    @staticmethod
+    async def _reality_execute_on(connection: Any, sql: str) -> None:
+        await connection.execute(sql)  # no parameters: nothing reads placeholders
+
+    @staticmethod
+    def _reality_physical(connection: Any) -> Any:
+        # The pool hands each acquire a new PoolConnectionProxy; ``_con`` is the connection.
+        return getattr(connection, "_con", None) or connection
+
+
+class RealityAsyncpgTransaction(_Driver, RealityTransaction, TransactionWrapper):
     reality_dialect = "postgresql"
     reality_paramstyle = "numeric_dollar"
     executor_class = RealityAsyncpgExecutor
@@ -31,7 +54,7 @@ class RealityAsyncpgTransaction(RealityTransaction, TransactionWrapper):
         await self._connection.execute(sql, *params)
 
 
-class RealityAsyncpgClient(RealityClient, AsyncpgDBClient):
+class RealityAsyncpgClient(_Driver, RealityClient, AsyncpgDBClient):
     reality_dialect = "postgresql"
     reality_paramstyle = "numeric_dollar"
     executor_class = RealityAsyncpgExecutor

@@ -5,13 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg.rows
 from tortoise.backends.base.client import TransactionContext, TransactionContextPooled
 from tortoise.backends.psycopg.client import PsycopgClient, TransactionWrapper
 from tortoise.backends.psycopg.executor import PsycopgExecutor
 from tortoise.backends.psycopg.schema_generator import PsycopgSchemaGenerator
 
 from reality_tortoise._schema import RealitySchemaGenerator
-from reality_tortoise._tracking import RealityClient, RealityExecutor, RealityTransaction
+from reality_tortoise._tracking import (
+    RealityClient,
+    RealityExecutor,
+    RealityTransaction,
+    Rows,
+)
 
 
 class RealityPsycopgSchemaGenerator(RealitySchemaGenerator, PsycopgSchemaGenerator):
@@ -22,7 +28,22 @@ class RealityPsycopgExecutor(RealityExecutor, PsycopgExecutor):
     pass
 
 
-class RealityPsycopgTransaction(RealityTransaction, TransactionWrapper):
+class _Driver:
+    """Reality's own statements (trigger mode) on a psycopg connection."""
+
+    @staticmethod
+    async def _reality_fetch_on(connection: Any, sql: str) -> Rows:
+        # Tortoise's pool makes dict rows; covered_from_rows unpacks tuples.
+        async with connection.cursor(row_factory=psycopg.rows.tuple_row) as cursor:
+            await cursor.execute(sql)
+            return list(await cursor.fetchall())
+
+    @staticmethod
+    async def _reality_execute_on(connection: Any, sql: str) -> None:
+        await connection.execute(sql)  # no parameters: nothing reads placeholders
+
+
+class RealityPsycopgTransaction(_Driver, RealityTransaction, TransactionWrapper):
     reality_dialect = "postgresql"
     reality_paramstyle = "format"
     executor_class = RealityPsycopgExecutor
@@ -31,7 +52,7 @@ class RealityPsycopgTransaction(RealityTransaction, TransactionWrapper):
         await self._connection.execute(sql, params)
 
 
-class RealityPsycopgClient(RealityClient, PsycopgClient):
+class RealityPsycopgClient(_Driver, RealityClient, PsycopgClient):
     reality_dialect = "postgresql"
     reality_paramstyle = "format"
     executor_class = RealityPsycopgExecutor

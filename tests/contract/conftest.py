@@ -1,9 +1,11 @@
 """The ``harness`` fixture: every (plugin, database) pair the contract suite runs on.
 
 A plugin registers itself in ``FACTORIES`` below with the dialects it supports; each
-factory is an async context manager ``factory(dialect, url)`` yielding a
+factory is an async context manager ``factory(dialect, url, triggers=False)`` yielding a
 :class:`~tests.contract.harness.Harness` on a fresh schema. A dialect may carry a driver
-(``postgresql+asyncpg``); its base name picks the database fixture.
+(``postgresql+asyncpg``); its base name picks the database fixture. The third entry lists
+the dialects the suite runs again in trigger mode (``triggers=True``: the plugin's
+``create_triggers`` ran after the schema was made), ids ending in ``-triggers``.
 """
 
 from __future__ import annotations
@@ -16,26 +18,31 @@ import pytest
 
 from tests.contract.harness import Harness
 
-Factory = Callable[[str, str], AbstractAsyncContextManager[Harness]]
+Factory = Callable[..., AbstractAsyncContextManager[Harness]]
 
-#: plugin -> (module:function of its factory, dialects)
-FACTORIES: dict[str, tuple[str, tuple[str, ...]]] = {
+#: plugin -> (module:function of its factory, dialects, dialects also run in trigger mode)
+FACTORIES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "sqlalchemy": ("tests.contract.sqlalchemy_harness:sqlalchemy_harness",
-                   ("postgresql", "sqlite", "mysql")),
+                   ("postgresql", "sqlite", "mysql"), ("postgresql",)),
     "sqlalchemy_async": ("tests.contract.sqlalchemy_harness:sqlalchemy_async_harness",
-                         ("postgresql+asyncpg", "sqlite+aiosqlite")),
+                         ("postgresql+asyncpg", "sqlite+aiosqlite"), ("postgresql+asyncpg",)),
     "peewee": ("tests.contract.peewee_harness:peewee_harness",
-               ("postgresql", "sqlite", "mysql")),
+               ("postgresql", "sqlite", "mysql"), ()),
     "tortoise": ("tests.contract.tortoise_harness:tortoise_harness",
-                 ("postgresql+asyncpg", "postgresql+psycopg", "sqlite")),
+                 ("postgresql+asyncpg", "postgresql+psycopg", "sqlite"),
+                 ("postgresql+asyncpg", "postgresql+psycopg")),
 }
 
 _URL_FIXTURE = {"postgresql": "pg_url", "sqlite": "sqlite_url", "mysql": "mysql_url"}
 
 PARAMS = [
-    pytest.param((plugin, dialect), id=f"{plugin}-{dialect}")
-    for plugin, (_, dialects) in FACTORIES.items()
+    pytest.param((plugin, dialect, False), id=f"{plugin}-{dialect}")
+    for plugin, (_, dialects, _) in FACTORIES.items()
     for dialect in dialects
+] + [
+    pytest.param((plugin, dialect, True), id=f"{plugin}-{dialect}-triggers")
+    for plugin, (_, _, trigger_dialects) in FACTORIES.items()
+    for dialect in trigger_dialects
 ]
 
 
@@ -66,7 +73,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(params=PARAMS)
 async def harness(request: pytest.FixtureRequest) -> AsyncIterator[Harness]:
-    plugin, dialect = request.param
+    plugin, dialect, triggers = request.param
     url = request.getfixturevalue(_URL_FIXTURE[dialect.partition("+")[0]])
-    async with _factory(plugin)(dialect, url) as h:
+    async with _factory(plugin)(dialect, url, **({"triggers": True} if triggers else {})) as h:
         yield h

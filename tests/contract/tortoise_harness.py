@@ -214,11 +214,16 @@ async def tortoise_context(dialect: str, url: str, *, models: Sequence[str] = MO
 
 
 @contextlib.asynccontextmanager
-async def tortoise_harness(dialect: str, url: str, *, models: Sequence[str] = MODELS,
+async def tortoise_harness(dialect: str, url: str, *, triggers: bool = False,
+                           models: Sequence[str] = MODELS,
                            raw_sql: RawSQLPolicy = "conservative",
                            ) -> AsyncIterator[TortoiseHarness]:
+    """The harness on a fresh schema; ``triggers``: in trigger mode (``create_triggers``
+    ran once the schema existed)."""
     async with tortoise_context(dialect, url, models=models, raw_sql=raw_sql):
         await db().execute_script(NOTES_DDL)
+        if triggers:
+            await reality_tortoise.create_triggers()
         h = TortoiseHarness(dialect, url)
         try:
             yield h
