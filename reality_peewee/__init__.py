@@ -96,17 +96,29 @@ sync endpoint: ``SyncService(reality_peewee.version_reader(db))`` (connections o
 never the application's pool). SQLite pools shared between threads need
 ``check_same_thread=False``, as peewee's pool documentation says.
 
+Trigger mode (PostgreSQL)
+-------------------------
+``reality_peewee.create_triggers(db)`` (after the tables exist) makes the database bump
+each tracked table from inside every statement, writers outside peewee included; the
+plugin notices the triggers on each new connection (one catalog query) and stops all key
+work for those tables: no keys, no ``SELECT ... FOR UPDATE`` of old values, no bump at
+COMMIT unless another table or :func:`bump` left keys. ``drop_triggers(db)`` undoes it.
+:mod:`reality_core.triggers` has the contract and its limits (key column types,
+``max_keys`` per statement, stale triggers after a declaration changes).
+
 API
 ---
 :func:`track`, :func:`install`, :func:`uninstall`, :func:`installed`, :func:`bump`,
-:func:`create_tables`, :func:`version_reader`, :data:`registry`.
+:func:`create_tables`, :func:`create_triggers`, :func:`drop_triggers`,
+:func:`version_reader`, :data:`registry`.
 
 What is not tracked (the gaps)
 ------------------------------
 * peewee's asyncio databases (``playhouse.pwasyncio``): :func:`install` refuses them.
 * Writes made on the raw DB-API connection (``db.connection().cursor()``), by another
   ``Database`` object you did not install on, inside stored procedures, functions or
-  triggers, or by other programs: bump those keys yourself (:func:`bump`).
+  triggers, or by other programs: bump those keys yourself (:func:`bump`), or, on
+  PostgreSQL, use trigger mode (above), which sees them all.
 * ``ON DELETE CASCADE`` that the database performs is escalated only when the foreign key
   declares it in peewee (``ForeignKeyField(..., on_delete="CASCADE")``).
 * A ``SAVEPOINT`` issued as SQL outside any transaction (SQLite then opens one) is not
@@ -141,11 +153,18 @@ if _version(_PEEWEE_VERSION) < _MIN_PEEWEE:  # pragma: no cover - depends on the
 
 from ._api import bump, install, installed, uninstall  # noqa: E402
 from ._declarations import registry, track  # noqa: E402
-from ._schema import create_tables, version_reader  # noqa: E402
+from ._schema import (  # noqa: E402
+    create_tables,
+    create_triggers,
+    drop_triggers,
+    version_reader,
+)
 
 __all__ = [
     "bump",
     "create_tables",
+    "create_triggers",
+    "drop_triggers",
     "install",
     "installed",
     "registry",

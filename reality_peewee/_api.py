@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import threading
-from typing import Any
+from typing import Any, Final
 
 import peewee
 
@@ -59,12 +59,16 @@ def resolve(database: Any) -> peewee.Database:
     return database
 
 
+#: install()'s max_keys; create_triggers() uses it for a database not installed on.
+DEFAULT_MAX_KEYS: Final = 1000
+
 _lock = threading.RLock()
 _trackers: dict[int, Tracker] = {}
 
 
 def install(database: peewee.Database | peewee.DatabaseProxy, *,
-            raw_sql: RawSQLPolicy = "conservative", max_keys: int | None = 1000) -> None:
+            raw_sql: RawSQLPolicy = "conservative",
+            max_keys: int | None = DEFAULT_MAX_KEYS) -> None:
     """Bump versions for every write made through ``database``.
 
     Example::

@@ -206,7 +206,14 @@ def _declare(model: type[peewee.Model], *, owner: str, table: bool, rows: bool,
         owner=owner, table=table_name(model), columns=_columns(model), primary_key=pk,
         table_key=table, row_keys=rows and bool(pk) and not links, keys=keys,
         links=_links(model) if links else (), cascades_from=_cascades_from(model),
+        sql_names=_sql_names(model),
     )
+
+
+def _sql_names(model: type[peewee.Model]) -> dict[str, str]:
+    """Field name -> column name (``room = ForeignKeyField(Room)`` is column ``room_id``):
+    a template may name either, and trigger mode writes SQL, which knows only columns."""
+    return {f.name: f.column_name for f in model._meta.sorted_fields}
 
 
 def _track_link_model(through: type[peewee.Model]) -> None:

@@ -25,7 +25,7 @@ that is not enough, what the database knows:
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Final
 
@@ -64,9 +64,13 @@ class _Escalate(Plan):
         return set(self._keys) if _rowcount(cursor) != 0 else set()
 
 
-def plan_for(query: Any, registry: Registry, *, dialect: str,
-             for_update: bool) -> Plan | None:
+def plan_for(query: Any, registry: Registry, *, dialect: str, for_update: bool,
+             covered: Callable[[], Collection[str]] = frozenset) -> Plan | None:
     """The plan for a write query on a tracked table, ``None`` for anything else.
+
+    ``covered()`` gives the tables whose database triggers bump them (trigger mode): a
+    write to one of them needs no plan, so no key work and no read of old values. It is
+    called only for a write to a tracked table (it may cost a catalog query).
 
     Plans read peewee's query attributes (``_where``, ``_insert``, ``_on_conflict``...):
     peewee offers no public accessors for them, and they are the same in 3.17-4.x.
@@ -76,14 +80,14 @@ def plan_for(query: Any, registry: Registry, *, dialect: str,
     table = query.table
     if isinstance(table, type) and issubclass(table, peewee.Model):
         tracked = registry.for_model(table)
-        if tracked is None:
+        if tracked is None or tracked.declaration.table in covered():
             return None
     elif isinstance(table, peewee.Table):
         # Table-level queries (peewee.Table("orders").update(...)) carry no fields to read
         # values through: every key derived from the table escalates.
         schema = getattr(table, "_schema", None)
         name = f"{schema}.{table.__name__}" if schema else table.__name__
-        if registry.get(name) is None:
+        if registry.get(name) is None or name in covered():
             return None
         return _Escalate(registry.catalog.escalate(name))
     else:

@@ -30,6 +30,18 @@ before COMMIT, as one sorted statement (I6). A write outside any transaction (pe
 default autocommit mode) runs inside a transaction of its own, ``BEGIN; <statement>;
 <bump>; COMMIT``: bumping after an autocommitted statement would leave the data committed
 without its bump whenever the bump failed (I1, I7).
+
+Trigger mode (PostgreSQL)
+-------------------------
+Tables with current Reality triggers (``create_triggers()``) are bumped by the database
+from inside each statement. :data:`coverage` learns which tables those are once per
+physical DB-API connection (one catalog query, at the first write to a tracked table; again
+after a declaration, the ``max_keys`` setting or the triggers change) and the wrappers
+then do no key work at all for them: no plan, no ``SELECT ... FOR UPDATE`` of old values,
+no keys from raw SQL, and no transaction of its own around an autocommitted statement (the
+trigger commits with it). The cache is keyed by the DB-API connection object itself
+(weakly), not by peewee's per-thread state: a pool hands one connection to many threads,
+and the answer belongs to the connection's database, not to the thread.
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ import collections
 import contextlib
 import threading
 import types
+import weakref
 from collections.abc import Callable, Iterator
 from typing import Any, Final
 
@@ -45,9 +58,15 @@ import peewee
 
 from reality_core.buffer import KeyBuffer
 from reality_core.catalog import RawSQLPolicy
-from reality_core.errors import ConfigurationError, RealityError, WritePathError
+from reality_core.errors import (
+    ConfigurationError,
+    RealityError,
+    UnsupportedStatementError,
+    WritePathError,
+)
 from reality_core.rawsql import TransactionControl, transaction_control
 from reality_core.store import Dialect, run_bump
+from reality_core.triggers import covered_tables
 
 from ._declarations import registry
 from ._queries import plan_for
@@ -73,6 +92,48 @@ def driver_in_transaction(conn: Any) -> bool | None:
     if isinstance(server_status, int):
         return bool(server_status & 1)
     return None
+
+
+_Stamp = tuple[int, int | None, int]
+
+
+class Coverage:
+    """The tracked tables each physical PostgreSQL connection finds covered by current
+    Reality triggers, with the (catalog generation, ``max_keys``, :attr:`epoch`) it was
+    read under: a change of any of them reads it again."""
+
+    def __init__(self) -> None:
+        #: Bumped by create_triggers()/drop_triggers(): every connection looks again.
+        self.epoch = 0
+        # Weak keys: a connection closed and collected (a pool recycling it) leaves no
+        # entry behind, and a new connection at the same address is never mistaken for it.
+        self._by_conn: weakref.WeakKeyDictionary[Any, tuple[_Stamp, frozenset[str]]] = (
+            weakref.WeakKeyDictionary())
+
+    def invalidate(self) -> None:
+        self.epoch += 1
+
+    def tables(self, conn: Any, max_keys: int | None) -> frozenset[str]:
+        catalog = registry.catalog
+        if not len(catalog):
+            return frozenset()
+        stamp = (catalog.generation, max_keys, self.epoch)
+        try:
+            cached = self._by_conn.get(conn)
+        except TypeError:  # a driver whose connections take no weak reference: ask always
+            cached = None
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        try:
+            covered = covered_tables(conn, catalog.trigger_specs(max_keys))
+        except Exception as exc:  # I7: the transaction fails rather than guess
+            raise WritePathError(f"Reality could not look up its triggers: {exc}") from exc
+        with contextlib.suppress(TypeError):
+            self._by_conn[conn] = (stamp, covered)
+        return covered
+
+
+coverage = Coverage()
 
 
 class _TxState:
@@ -221,9 +282,31 @@ class Tracker:
             st.buffer.add(keys)
         return result
 
+    def covered(self) -> frozenset[str]:
+        """The tracked tables the current connection's database triggers bump (trigger
+        mode, PostgreSQL only), opening the connection as the statement would."""
+        if self.dialect != "postgresql" or not len(registry.catalog):
+            return frozenset()
+        if self.db.is_closed() and not self.db.autoconnect:
+            return frozenset()  # the statement fails anyway: "connection not opened"
+        return coverage.tables(self.db.connection(), self.max_keys)
+
     def raw_keys(self, sql: str) -> set[str]:
         registry.resolve_pending()
-        return registry.catalog.raw_sql_keys(sql, self.raw_sql, self.dialect)
+        catalog = registry.catalog
+        if self.dialect != "postgresql":
+            return catalog.raw_sql_keys(sql, self.raw_sql, self.dialect)
+        # Coverage only removes keys: a statement with none (a SELECT) never asks for it.
+        try:
+            keys: set[str] | None = catalog.raw_sql_keys(sql, self.raw_sql, self.dialect)
+        except UnsupportedStatementError:
+            keys = None  # strict, unattributable: fine after all if every table is covered
+        if keys is not None and not keys:
+            return keys
+        covered = self.covered()
+        if keys is not None and not covered:
+            return keys
+        return catalog.raw_sql_keys(sql, self.raw_sql, self.dialect, covered)
 
     def run_select(self, query: peewee.Query) -> list[tuple[Any, ...]]:
         with self.own_statements():
@@ -277,7 +360,8 @@ class Tracker:
             if self.state().nested:
                 return original(query, *args, **kwargs)
             plan = _keys_or_fail(lambda: plan_for(
-                query, registry, dialect=self.dialect, for_update=bool(self.db.for_update)))
+                query, registry, dialect=self.dialect, for_update=bool(self.db.for_update),
+                covered=self.covered))
             if plan is None:
                 if _sql_may_write(query):
                     return original(query, *args, **kwargs)  # execute_sql reads the SQL

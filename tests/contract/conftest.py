@@ -27,7 +27,7 @@ FACTORIES: dict[str, tuple[str, tuple[str, ...], tuple[str, ...]]] = {
     "sqlalchemy_async": ("tests.contract.sqlalchemy_harness:sqlalchemy_async_harness",
                          ("postgresql+asyncpg", "sqlite+aiosqlite"), ("postgresql+asyncpg",)),
     "peewee": ("tests.contract.peewee_harness:peewee_harness",
-               ("postgresql", "sqlite", "mysql"), ()),
+               ("postgresql", "sqlite", "mysql"), ("postgresql",)),
     "tortoise": ("tests.contract.tortoise_harness:tortoise_harness",
                  ("postgresql+asyncpg", "postgresql+psycopg", "sqlite"),
                  ("postgresql+asyncpg", "postgresql+psycopg")),

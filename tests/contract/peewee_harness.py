@@ -214,7 +214,8 @@ def _drop_schema(db: peewee.Database) -> None:
 
 
 @contextlib.asynccontextmanager
-async def peewee_harness(dialect: str, url: str) -> AsyncIterator[PeeweeHarness]:
+async def peewee_harness(dialect: str, url: str, *,
+                         triggers: bool = False) -> AsyncIterator[PeeweeHarness]:
     db = open_database(dialect, url)
     db.bind(MODELS)
     declare_models()
@@ -224,6 +225,8 @@ async def peewee_harness(dialect: str, url: str) -> AsyncIterator[PeeweeHarness]
     OrderNote.order.deferrable = None if dialect == "mysql" else "INITIALLY DEFERRED"
     db.create_tables(MODELS)
     reality_peewee.create_tables(db)
+    if triggers:
+        reality_peewee.create_triggers(db)
     h = PeeweeHarness(dialect, url, db)
     try:
         yield h
@@ -231,6 +234,8 @@ async def peewee_harness(dialect: str, url: str) -> AsyncIterator[PeeweeHarness]
         h.reader.close()
         if not db.is_closed() and db.in_transaction():  # a failed test left one open
             db.rollback()
+        if triggers:  # the functions would outlive the tables
+            reality_peewee.drop_triggers(db)
         _drop_schema(db)
         reality_peewee.uninstall(db)
         db.close_all()
