@@ -58,12 +58,17 @@ from .store import (
     page_statement,
     refresh_statement,
 )
+from .wakeups import Listener
 
 log = logging.getLogger("reality.cache")
 
 PAGE: Final = 10_000
 #: 18 refreshes a second, plus at most one fold: within 20 statements a second per process.
-DEFAULT_INTERVAL: Final = 0.055
+DEFAULT_INTERVAL: Final = 0.06
+#: Seconds between polls while a LISTEN connection brings wake-ups (PostgreSQL).
+DEFAULT_IDLE_INTERVAL: Final = 0.25
+#: Refreshes that may follow each other at once after a quiet spell (token bucket).
+BURST: Final = 2.0
 #: One statement of a refresh running this long is stuck (a connection that went silent: no
 #: reply, no reset; reads time out after 3 s on the server, which cannot help when the reply
 #: never arrives). A new refresh thread takes over; the stuck one is abandoned and its result
@@ -200,6 +205,8 @@ class VersionCache:
         self, source: DBAPIReader, *, interval: float = DEFAULT_INTERVAL,
         max_staleness: float = 2.0,
         replica: DBAPIReader | None = None,
+        listen: bool = True,
+        idle_interval: float = DEFAULT_IDLE_INTERVAL,
     ) -> None:
         if not isinstance(source, DBAPIReader):
             raise ConfigurationError(f"source must be a DBAPIReader, not {source!r}")
@@ -212,6 +219,9 @@ class VersionCache:
                 f"PostgreSQL source, not {replica!r}")
         interval = positive_number("interval", interval)
         max_staleness = positive_number("max_staleness", max_staleness)
+        idle_interval = positive_number("idle_interval", idle_interval)
+        if not isinstance(listen, bool):
+            raise ConfigurationError(f"listen must be True or False, not {listen!r}")
         if max_staleness <= interval:
             raise ConfigurationError(
                 f"max_staleness ({max_staleness}) must be longer than interval ({interval})")
@@ -237,6 +247,13 @@ class VersionCache:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
+        #: Set by a wake-up (a NOTIFY, a mutation request): refresh now, tokens permitting.
+        self._wake = threading.Event()
+        self.idle_interval = max(idle_interval, self.interval)
+        self.listener: Listener | None = None
+        if listen and source.dialect == "postgresql":
+            # Notifications come from the primary, also when refreshes read a replica.
+            self.listener = Listener(source.connect, self._wake.set, self._wake.set)
 
     def __repr__(self) -> str:
         return f"VersionCache({self.source!r}, interval={self.interval})"
@@ -258,10 +275,15 @@ class VersionCache:
                 self._thread = threading.Thread(target=self._run, args=(self._generation,),
                                                 name="reality-cache", daemon=True)
                 self._thread.start()
+            if self.listener is not None:
+                self.listener.start()
 
     def close(self) -> None:
         """Stop refreshing and close the source's connections."""
         self._stop.set()
+        self._wake.set()
+        if self.listener is not None:
+            self.listener.close()
         with self._start_lock:
             thread = self._thread
         if thread is not None:
@@ -288,6 +310,7 @@ class VersionCache:
         succeeds within ``timeout`` (default: ``max_staleness``)."""
         self.start()
         asked = time.monotonic()
+        self._wake.set()  # refresh now rather than at the next (idle) poll
         limit = self.max_staleness if timeout is None else timeout
         if self._failing or (self._state is not None and not self.ready):
             raise self._unavailable()  # known to be failing: no point waiting
@@ -390,11 +413,32 @@ class VersionCache:
 
     # ------------------------------------------------------------------------------ refresh
 
+    def _wait_turn(self, last: float, tokens: float) -> float:
+        """Wait until the next refresh may start: a wake-up or the poll deadline (the idle
+        interval while the listener is connected, else ``interval``), then a token (one
+        per ``interval``, ``BURST`` at most), so wake-ups make refreshes come sooner but
+        never more often than one per ``interval`` on average. Returns the tokens left."""
+        listening = self.listener is not None and self.listener.listening
+        poll = self.idle_interval if listening else self.interval
+        self._wake.wait(max(0.0, last + poll - time.monotonic()))
+        now = time.monotonic()
+        tokens = min(BURST, tokens + (now - last) / self.interval)
+        if tokens < 1.0:
+            self._stop.wait((1.0 - tokens) * self.interval)
+            tokens = 1.0
+        # Cleared before the refresh: a commit during it wakes the next one.
+        self._wake.clear()
+        return tokens - 1.0
+
     def _run(self, generation: int) -> None:
-        delay = 0.0
         next_fold = time.monotonic()
-        while not self._stop.wait(delay) and generation == self._generation:
-            began = time.monotonic()
+        tokens, last = BURST, float("-inf")
+        while not self._stop.is_set() and generation == self._generation:
+            if last > float("-inf"):
+                tokens = self._wait_turn(last, tokens)
+                if self._stop.is_set() or generation != self._generation:
+                    return
+            began = last = time.monotonic()
             self._busy_since = began
             try:
                 self.refresh(generation)
@@ -419,7 +463,6 @@ class VersionCache:
             finally:
                 if generation == self._generation:
                     self._busy_since = None
-            delay = max(0.0, self.interval - (time.monotonic() - began))
 
     def _fold(self) -> None:
         """Fold (and maybe VACUUM) after a refresh. A failure here is not a failed refresh:

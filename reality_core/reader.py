@@ -91,6 +91,11 @@ class DBAPIReader:
                    pool_size=pool_size, description=parsed.render(hide_password=True),
                    fold_threshold=fold_threshold)
 
+    def connect(self) -> Any:
+        """A new DB-API connection of the reader's own kind (autocommit, read timeouts),
+        outside its pool: the caller owns and closes it (a cache's LISTEN connection)."""
+        return self._open()
+
     def _checkout(self) -> tuple[Any, bool]:
         """A connection, and whether it came from the pool (it may have gone stale there)."""
         with self._lock:

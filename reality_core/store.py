@@ -58,6 +58,16 @@ FOLD_BATCH: Final = 10_000
 BUMP_CHUNK: Final = 500
 
 Params = Sequence[Any] | Mapping[str, Any]
+#: PostgreSQL: every bump also sends ``NOTIFY reality`` so server caches refresh at once
+#: (:mod:`reality_core.wakeups`). A notifying transaction holds a database-wide lock through
+#: its COMMIT, which serialises every notifying commit (measured here: 8 writers kept 71 %
+#: of their throughput, 32 kept 51 %), so a bump notifies only when it wins this advisory
+#: lock at once: one transaction at a time, the others commit freely (measured: no loss).
+#: Wake-ups are a latency aid; the caches' polling never depends on them.
+WAKE_CHANNEL: Final = "reality"
+WAKE_LOCK: Final = (0x5245, 0x414C)  # pg_try_advisory_xact_lock(int4, int4): "RE", "AL"
+WAKE_SQL: Final = (f"pg_try_advisory_xact_lock({WAKE_LOCK[0]}, {WAKE_LOCK[1]})",
+                   f"pg_notify('{WAKE_CHANNEL}', '')")
 #: The writing transaction's id, as reality_log.txid's default on PostgreSQL: trigger-mode
 #: bumps and Python bumps of one transaction share it, and a key counts once per txid.
 CURRENT_TXID: Final = "pg_current_xact_id()::text::bigint"
@@ -207,7 +217,12 @@ def bump_statements(
             f"({ph.next('k', k)}, {ph.next('t', now_ms)})"
             for k in keys[start : start + BUMP_CHUNK]
         )
-        out.append((f"INSERT INTO {LOG_TABLE} (key_name, created_at) VALUES {rows}", ph.params))
+        sql = f"INSERT INTO {LOG_TABLE} (key_name, created_at) VALUES {rows}"
+        if dialect == "postgresql" and start == 0:
+            # An uncorrelated scalar subquery runs once per statement (an InitPlan).
+            gate, notify = WAKE_SQL
+            sql += f" RETURNING (SELECT CASE WHEN {gate} THEN {notify}::text END)"
+        out.append((sql, ph.params))
     return out
 
 

@@ -45,7 +45,7 @@ from typing import Any, Final
 
 from .errors import ConfigurationError
 from .keys import ROW_PREFIX, TABLE_PREFIX, Declaration, KeyTemplate
-from .store import LOG_TABLE, as_text
+from .store import LOG_TABLE, WAKE_SQL, as_text
 
 log = logging.getLogger("reality.triggers")
 
@@ -227,6 +227,8 @@ def function_body(spec: TriggerSpec, column_types: Mapping[str, str]) -> str:
         "  n bigint;",
         "BEGIN",
     ]
+    gate, notify = WAKE_SQL
+    lines.append(f"  IF {gate} THEN PERFORM {notify}; END IF;  -- see store.WAKE_SQL")
     lines.append("  IF TG_OP = 'TRUNCATE' THEN")
     lines.append("    " + _insert(_selects(spec, [], set(escalation) | set(spec.cascade_keys))))
     lines.append("    RETURN NULL;")

@@ -93,7 +93,8 @@ def test_requests_send_no_query(store: Store) -> None:
     source = counting_reader(store)
     # No refresh falls inside the 200 requests (the next one is 20 s after the load), so
     # the count of statements must not move at all.
-    cache = VersionCache(source, interval=20.0, max_staleness=60.0)
+    # No wake-ups either: they come from commits (tests/test_wakeups.py), not requests.
+    cache = VersionCache(source, interval=20.0, max_staleness=60.0, listen=False)
     app = SyncASGIApp(SyncService(cache))
 
     async def run() -> None:
