@@ -768,6 +768,12 @@ class TortoiseTarget(_TargetBase):
     def activate(self, variant: Variant) -> None:
         pass  # both variants are always there: two connections, one with the plugin
 
+    def create_triggers(self) -> None:
+        import reality_tortoise
+
+        self.tortoise.call(reality_tortoise.create_triggers(
+            "reality", max_keys=SqlAlchemyTarget.MAX_KEYS))
+
     async def _write(self, model: Any, connection: str, scenario: Scenario,
                      rng: random.Random) -> int:
         from tortoise.transactions import in_transaction
@@ -891,6 +897,10 @@ class PeeweeTarget(_TargetBase):
             self.db.create_tables([m for pair in self.models.values() for m in pair.values()])
         reality_peewee.create_tables(self.db)
         self.db.close()
+
+    def create_triggers(self) -> None:
+        with self.db.connection_context():
+            self.reality.create_triggers(self.db, max_keys=SqlAlchemyTarget.MAX_KEYS)
 
     def activate(self, variant: Variant) -> None:
         if variant == "plugin":

@@ -225,6 +225,7 @@ def function_body(spec: TriggerSpec, column_types: Mapping[str, str]) -> str:
         "DECLARE",
         "  ms bigint := (extract(epoch FROM clock_timestamp()) * 1000)::bigint;",
         "  n bigint;",
+        "  prev bigint;",
         "BEGIN",
     ]
     gate, notify = WAKE_SQL
@@ -253,10 +254,18 @@ def function_body(spec: TriggerSpec, column_types: Mapping[str, str]) -> str:
             # setting (a rolled-back savepoint takes its share back): past max_keys the
             # statement appends the table's markers instead of one row per key, as the
             # Python path's compaction does at COMMIT.
-            lines.append(f"    n := COALESCE(NULLIF(current_setting({counter}, true), ''), "
-                         f"'0')::bigint + (SELECT count(*) FROM (SELECT 1 FROM {images[-1]} "
+            lines.append(f"    prev := COALESCE(NULLIF(current_setting({counter}, true), ''), "
+                         "'0')::bigint;")
+            lines.append(f"    n := prev + (SELECT count(*) FROM (SELECT 1 FROM {images[-1]} "
                          f"LIMIT {limit + 1}) x);")
             lines.append(f"    PERFORM set_config({counter}, n::text, true);")
+            # Escalated earlier in this transaction: its markers are in the log already
+            # (they count once per transaction); only keys escalation does not imply remain.
+            lines.append(f"    IF prev > {limit} THEN")
+            if op == "DELETE" and spec.cascade_keys:
+                lines.append("      " + _insert(_selects(spec, [], set(spec.cascade_keys))))
+            lines.append("      RETURN NULL;")
+            lines.append("    END IF;")
             lines.append(f"    IF n > {limit} THEN")
             lines.append("      " + _insert(_selects(spec, [], set(escalation) | always)))
             lines.append("      RETURN NULL;")
