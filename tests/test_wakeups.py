@@ -48,7 +48,8 @@ def test_a_bump_wakes_the_cache_at_once(pg_store: Store) -> None:
         wait_until(lambda: cache.read(["room:1"]).version("room:1") == 1, timeout=2.0)
         assert time.monotonic() - t0 < 2.0 < SLOW
         assert cache.refreshes > before
-        assert cache.listener is not None and cache.listener.wakeups >= 1
+        assert cache.listener is not None
+        assert cache.listener.wakeups >= 1
     finally:
         cache.close()
 
@@ -109,7 +110,8 @@ def test_c12_a_killed_listening_connection_comes_back(pg_store: Store) -> None:
 def test_the_bump_statement_notifies(pg_store: Store) -> None:
     """The Python path's bump (PostgreSQL) carries the gated NOTIFY."""
     ((sql, _),) = bump_statements("postgresql", ["a"], "pyformat")
-    assert "pg_notify" in sql and "pg_try_advisory_xact_lock" in sql
+    assert "pg_notify" in sql
+    assert "pg_try_advisory_xact_lock" in sql
     with psycopg.connect(pg_store.url.libpq(), autocommit=True) as listener:
         listener.execute(f"LISTEN {WAKE_CHANNEL}")
         pg_store.bump("a", "b")
