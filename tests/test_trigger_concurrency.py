@@ -1,0 +1,173 @@
+"""Trigger mode under concurrency (PostgreSQL): many writers on one hot table key, with
+several statements per transaction (so one transaction leaves several log rows per key),
+rollbacks, savepoints rolled back, a folder folding in small batches (so fold boundaries fall
+between a transaction's rows) and readers sampling all the while.
+
+Checked: every committed transaction moves the hot key by exactly one, nothing rolled back
+counts, no reader ever sees the version go down, and a fold never counts a transaction twice.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from reality_core import DBAPIReader
+from reality_core.keys import declare, row_key, table_key
+from reality_core.store import LOG_TABLE, create_table_statements, fold, insert_epoch_statement
+from reality_core.triggers import TriggerSpec, trigger_statements
+from reality_core.urls import DatabaseURL
+from tests import dbs
+
+pytestmark = pytest.mark.postgres
+
+HOT = table_key("orders")
+
+
+@pytest.fixture
+def url(pg_server_url: str) -> Iterator[str]:
+    db = dbs.create_pg_database(pg_server_url)
+    libpq = DatabaseURL.parse(db).libpq()
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        for ddl in create_table_statements("postgresql"):
+            conn.execute(ddl)
+        sql, params = insert_epoch_statement("postgresql", "pyformat")
+        conn.execute(sql, params)
+        conn.execute("CREATE TABLE orders (id integer PRIMARY KEY, room_id integer)")
+        decl = declare(owner="orders", table="orders", columns=["id", "room_id"],
+                       primary_key=["id"], keys=["room:{room_id}"])
+        for ddl in trigger_statements(TriggerSpec(decl, 1000),
+                                      {"id": "int4", "room_id": "int4"}):
+            conn.execute(ddl)
+    try:
+        yield libpq
+    finally:
+        dbs.drop_pg_database(db, pg_server_url)
+
+
+def test_hot_key_writers_with_multi_statement_transactions_folders_and_readers(
+        url: str) -> None:
+    writers, per_writer = 6, 30
+    committed = [0] * writers
+    errors: list[BaseException] = []
+    stop = threading.Event()
+    seen: list[list[int]] = [[], []]
+    folded = [0]
+
+    def writer(n: int) -> None:
+        rng = random.Random(n)
+        try:
+            with psycopg.connect(url) as conn:
+                for i in range(per_writer):
+                    oid = n * 1000 + i
+                    outcome = rng.choice(["commit", "commit", "rollback", "savepoint"])
+                    conn.execute("INSERT INTO orders VALUES (%s, %s)", (oid, rng.randrange(5)))
+                    # Two more statements on the same row: three log rows per key, one bump.
+                    conn.execute("UPDATE orders SET room_id = room_id + 1 WHERE id = %s",
+                                 (oid,))
+                    if outcome == "savepoint":
+                        conn.execute("SAVEPOINT s")
+                        conn.execute("UPDATE orders SET room_id = 99 WHERE id = %s", (oid,))
+                        conn.execute("ROLLBACK TO SAVEPOINT s")
+                    conn.execute("UPDATE orders SET room_id = room_id WHERE id = %s", (oid,))
+                    if outcome == "rollback":
+                        conn.rollback()
+                    else:
+                        conn.commit()
+                        committed[n] += 1
+        except BaseException as exc:
+            errors.append(exc)
+
+    def folder() -> None:
+        try:
+            with psycopg.connect(url, autocommit=True) as conn:
+                while not stop.is_set():
+                    # Tiny batches: boundaries fall between one transaction's rows often.
+                    folded[0] += fold(conn, "postgresql", "pyformat", batch=5)
+                    time.sleep(0.002)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def sampler(mine: list[int]) -> None:
+        reader = DBAPIReader.from_url(url, fold_threshold=None)
+        try:
+            while not stop.is_set():
+                mine.append(reader.read([HOT]).version(HOT))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            reader.close()
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
+    helpers = [threading.Thread(target=folder),
+               *(threading.Thread(target=sampler, args=(mine,)) for mine in seen)]
+    for t in threads + helpers:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    stop.set()
+    for t in helpers:
+        t.join(timeout=30)
+    assert not errors, errors
+    total = sum(committed)
+    assert 0 < total < writers * per_writer  # some rolled back
+    assert folded[0] > 0
+    reader = DBAPIReader.from_url(url, fold_threshold=None)
+    try:
+        assert reader.read([HOT]).version(HOT) == total
+        reader.fold()
+        snap = reader.read([HOT, row_key("orders", [0]), "room:99"])
+        assert snap.version(HOT) == total
+        assert snap.version("room:99") == 0  # only ever written in rolled-back savepoints
+    finally:
+        reader.close()
+    # Each reader's samples never go down (folds moved rows under them all the while).
+    for mine in seen:
+        assert mine
+        assert mine == sorted(mine)
+        assert mine[-1] <= total
+    with psycopg.connect(url) as conn:
+        left = conn.execute(f"SELECT count(*) FROM {LOG_TABLE}").fetchone()
+    assert left == (0,)
+
+
+def test_each_sampler_sees_versions_only_rise(url: str) -> None:
+    """One reader, one writer committing one transaction at a time: every sample is >= the
+    one before and the last equals the commits."""
+    stop = threading.Event()
+    samples: list[int] = []
+    errors: list[BaseException] = []
+
+    def sampler() -> None:
+        reader = DBAPIReader.from_url(url, fold_threshold=None)
+        try:
+            while not stop.is_set():
+                samples.append(reader.read([HOT]).version(HOT))
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            reader.close()
+
+    thread = threading.Thread(target=sampler)
+    thread.start()
+    with psycopg.connect(url) as conn, psycopg.connect(url, autocommit=True) as folder:
+        for i in range(60):
+            conn.execute("INSERT INTO orders VALUES (%s, 1)", (i,))
+            conn.execute("UPDATE orders SET room_id = 2 WHERE id = %s", (i,))
+            conn.commit()
+            if i % 7 == 0:
+                fold(folder, "postgresql", "pyformat", batch=3)
+    stop.set()
+    thread.join(timeout=30)
+    assert not errors, errors
+    assert samples == sorted(samples)
+    reader = DBAPIReader.from_url(url, fold_threshold=None)
+    try:
+        assert reader.read([HOT]).version(HOT) == 60
+    finally:
+        reader.close()
