@@ -48,17 +48,24 @@ generator is another process. Four parts, in one run:
   bump, COMMIT, and one request with ``hint: "mutation"`` at once: must it reflect the
   commit? (goal: always). The delays include one request's round trip and the ~1 ms pause.
 * **overload** (``over``): the cached server, 1 worker, ``--max-in-flight`` 4, hit by wrk with
-  ``--overload-connections`` connections plus ``bench/sync_load/overload_client.py`` (asyncio
-  streams, 8 keep-alive connections, its own process), which splits latency by status: shed
-  answers (503/429; goal p99 <= 2 ms, each with ``Retry-After`` and a problem+json body) and
-  admitted ones (200; goal p99 <= 50 ms). Offered load is reported as a multiple of the
-  1-worker cached capacity measured in ``tput`` (aim: ~5x); closed-loop generators on this
-  machine can only push what the server answers, so the multiple reached is printed as
-  measured. The client's own floor on this loaded machine: against a trivial asyncio server
-  answering at once it measured p50 0.9 ms, p99 2.1 ms, so the 2 ms goal sits at what a
-  Python client can see here. Database transactions/s during overload are reported too.
-  When the load stops, one request every 5 ms until a 200 comes back: the **recovery** time
-  (goal <= 5 s).
+  ``--overload-connections`` (256) connections plus ``bench/sync_load/overload_client.py``
+  (asyncio streams, 8 keep-alive connections, its own process), which splits latency by
+  status: shed answers (503/429; goal p99 <= 2 ms, each with ``Retry-After`` and a
+  problem+json body) and admitted ones (200; goal p99 <= 50 ms). The load is **paced**:
+  each connection waits a random (exponential) think time before each request, chosen so
+  that all of them together offer ``--overload-multiple`` (5) times the 1-worker cached
+  capacity measured in ``tput`` (or ``--overload-rate`` req/s): many clients polling, as
+  real overload comes. A closed loop (``--closed-loop``, the old measure) keeps every
+  connection's request outstanding at all times, so by Little's law its latency is
+  connections / answers per second (264 / 18,000 = 15 ms) however early the server sheds:
+  it measures the generator's queue, not the server. A paced generator slows down too
+  when the answers get slow, so the multiple reached is printed as measured next to the
+  target. **Server CPU per answer** (its process group, from ``/proc``) tells how much
+  shedding costs independent of the neighbours. The client's own floor on this loaded
+  machine: against a trivial asyncio server answering at once it measured p50 0.9 ms, p99
+  2.1 ms, so the 2 ms goal sits at what a Python client can see here. Database
+  transactions/s during overload are reported too. When the load stops, one request every
+  5 ms until a 200 comes back: the **recovery** time (goal <= 5 s).
 
 The server flags ``--no-cache``, ``--refresh-interval`` and ``--max-in-flight`` are used only
 if ``reality serve --help`` lists them; a missing flag is reported (then "cached" is the
@@ -624,10 +631,11 @@ class WrkResult:
 
 
 def wrk_command(port: int, bodies_file: Path, threads: int, connections: int,
-                duration: float) -> list[str]:
+                duration: float, mean_delay_ms: float = 0.0) -> list[str]:
+    pacing = [f"{mean_delay_ms:.3f}"] if mean_delay_ms > 0 else []
     return ["wrk", f"-t{threads}", f"-c{max(connections, threads)}",
             f"-d{max(1, round(duration))}s", "--latency", "--timeout", "5s", "-s", str(LUA),
-            f"http://127.0.0.1:{port}{SYNC_PATH}", "--", str(bodies_file)]
+            f"http://127.0.0.1:{port}{SYNC_PATH}", "--", str(bodies_file), *pacing]
 
 
 def parse_wrk(out: str, err: str, returncode: int) -> WrkResult:
@@ -860,12 +868,35 @@ class Overload:
     wrk: WrkResult
     client: dict[str, Any]
     offered_rps: float
+    target_rps: float | None
     multiple: float | None
     db_per_s: float
+    server_cpu_s: float
     recovery_s: float | None
     recovery_status: int | None
     after_ok: bool
     max_in_flight: int | None
+
+    @property
+    def server_us_per_answer(self) -> float:
+        answers = self.wrk.requests + int(self.client["requests"])
+        return self.server_cpu_s / max(answers, 1) * 1e6
+
+
+CLIENT_CONNECTIONS: Final = 8
+
+
+def overload_pacing(capacity: float | None, args: argparse.Namespace
+                    ) -> tuple[float | None, float, float]:
+    """(target req/s, wrk's mean delay per connection in ms, the client's mean interval in
+    s). Without a target (no capacity measured, no ``--overload-rate``), both loops are
+    closed: every connection keeps one request outstanding at all times."""
+    target = args.overload_rate or (capacity * args.overload_multiple if capacity else None)
+    if not target:
+        return None, 0.0, 0.0
+    client_rps = CLIENT_CONNECTIONS / args.client_interval
+    wrk_rps = max(target - client_rps, 1.0)
+    return target, args.overload_connections / wrk_rps * 1000, args.client_interval
 
 
 def run_overload(store: Store, have: set[str], bodies: Sequence[Body], bodies_file: Path,
@@ -874,26 +905,34 @@ def run_overload(store: Store, have: set[str], bodies: Sequence[Body], bodies_fi
     limit = args.max_in_flight if "--max-in-flight" in have else None
     flags = variant_flags("cached", have, args.refresh_interval, args.max_in_flight)
     server = Server(name="overload", url=store.url, workers=1, flags=flags, log_dir=log_dir)
+    target, wrk_delay_ms, client_interval = overload_pacing(capacity, args)
+    pacing = ("closed loop (no target rate)" if target is None else
+              f"paced to {target:,.0f} req/s: wrk mean delay {wrk_delay_ms:.2f} ms per "
+              f"connection, client mean interval {client_interval * 1000:g} ms")
     print(f"\n== overload: 1 cached worker, max-in-flight "
           f"{limit if limit is not None else 'server default (flag missing)'}; wrk "
-          f"-c{args.overload_connections} + overload_client.py 8 connections for "
-          f"{args.overload_duration:g} s", flush=True)
+          f"-c{args.overload_connections} + overload_client.py {CLIENT_CONNECTIONS} "
+          f"connections for {args.overload_duration:g} s, {pacing}", flush=True)
     with running(server):
         check_answers(server, bodies)
+        cpu = CPUMeter(store, server)
         with XactSampler(store) as sampler:
+            cpu.start()
             t0 = time.perf_counter()
             client_proc = subprocess.Popen(
                 [sys.executable, str(OVERLOAD_CLIENT), "--port", str(server.port), "--path",
-                 SYNC_PATH, "--bodies", str(bodies_file), "--connections", "8",
-                 "--duration", str(args.overload_duration)],
+                 SYNC_PATH, "--bodies", str(bodies_file), "--connections",
+                 str(CLIENT_CONNECTIONS), "--duration", str(args.overload_duration),
+                 "--interval", str(client_interval)],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             wrk_proc = subprocess.Popen(
                 wrk_command(server.port, bodies_file, 1, args.overload_connections,
-                            args.overload_duration),
+                            args.overload_duration, wrk_delay_ms),
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             wrk_out, wrk_err = wrk_proc.communicate(timeout=args.overload_duration + 60)
             c_out, c_err = client_proc.communicate(timeout=args.overload_duration + 60)
             stopped = time.perf_counter()
+            cpu.stop()
         # Recovery: one request every 5 ms until a 200.
         probe = Client(server.port, timeout=5.0)
         recovery: float | None = None
@@ -919,14 +958,20 @@ def run_overload(store: Store, have: set[str], bodies: Sequence[Body], bodies_fi
     offered = result.rps + client["requests"] / max(client["elapsed_s"], 1e-9)
     multiple = offered / capacity if capacity else None
     db = sampler.rate(t0 + 1.0, stopped)
-    ov = Overload(result, client, offered, multiple, db, recovery, first_status, after_ok,
-                  limit)
+    ov = Overload(result, client, offered, target, multiple, db, cpu.server_s, recovery,
+                  first_status, after_ok, limit)
     shed, adm = client["shed"], client["admitted"]
     print(f"  wrk: {result.rps:,.0f} answers/s, {result.non2xx:,} of {result.requests:,} "
           f"non-2xx ({result.non2xx / max(result.requests, 1):.0%}), socket errors "
-          f"{result.socket_errors}, p99 (all statuses) {result.p99_ms:.1f} ms", flush=True)
-    print(f"  offered: {offered:,.0f} req/s = "
-          f"{fmt(multiple, '.1f')}x the 1-worker cached capacity ({fmt(capacity)} req/s)")
+          f"{result.socket_errors}, p50 {result.p50_ms:.2f} ms p99 (all statuses) "
+          f"{result.p99_ms:.1f} ms", flush=True)
+    print(f"  offered (= answered): {offered:,.0f} req/s = "
+          f"{fmt(multiple, '.1f')}x the 1-worker cached capacity ({fmt(capacity)} req/s)"
+          + ("" if target is None else f"; target {target:,.0f} req/s"
+             + (" NOT reached (generators or server saturated)" if offered < 0.9 * target
+                else "")))
+    print(f"  server CPU per answer: {fmt(ov.server_us_per_answer)} us "
+          f"({cpu.server_s:.2f} CPU s over {stopped - t0:.1f} s)")
     print(f"  client: {client['by_status']}  shed p50 {shed['p50_ms']} ms p99 {shed['p99_ms']}"
           f" ms max {shed['max_ms']} ms; admitted p50 {adm['p50_ms']} ms p99 {adm['p99_ms']}"
           f" ms; Retry-After missing {client['retry_after_missing']}, not problem+json "
@@ -975,6 +1020,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--mutation-probes", type=int, default=None, help="(20; quick 10)")
     p.add_argument("--max-in-flight", type=int, default=4, help="overload server's limit (4)")
     p.add_argument("--overload-connections", type=int, default=256)
+    p.add_argument("--overload-multiple", type=float, default=5.0,
+                   help="offered load as a multiple of the 1-worker cached capacity (5)")
+    p.add_argument("--overload-rate", type=float, default=None,
+                   help="offered req/s instead (needed for a target without 'tput')")
+    p.add_argument("--client-interval", type=float, default=0.005,
+                   help="overload_client.py's mean interval per connection, s (0.005)")
+    p.add_argument("--closed-loop", action="store_true",
+                   help="overload without pacing: every connection always has a request "
+                        "outstanding (the old measure; latency = connections / answers/s)")
     p.add_argument("--overload-duration", type=float, default=None, help="s (8; quick 3)")
     p.add_argument("--seed", type=int, default=6)
     args = p.parse_args(argv)
@@ -984,6 +1038,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                               ("overload_duration", 8.0, 3.0)):
         if getattr(args, name) is None:
             setattr(args, name, quick if q else full)
+    if args.closed_loop:
+        args.overload_rate, args.overload_multiple = None, 0.0
     args.parts = [x.strip() for x in args.parts.split(",") if x.strip()]
     unknown = set(args.parts) - set(PARTS)
     if unknown:
@@ -1170,6 +1226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "overload_wrk_non2xx": over.wrk.non2xx if over else None,
         "overload_wrk_requests": over.wrk.requests if over else None,
         "overload_offered_rps": rnd(over.offered_rps, 0) if over else None,
+        "overload_target_rps": rnd(over.target_rps, 0) if over else None,
+        "overload_server_cpu_us_per_answer": rnd(over.server_us_per_answer, 0) if over else None,
         "overload_multiple": rnd(over.multiple) if over else None,
         "overload_db_queries_per_s": rnd(over.db_per_s, 1) if over else None,
         "max_in_flight": over.max_in_flight if over else None,

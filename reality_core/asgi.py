@@ -41,6 +41,22 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 
+def overloaded_response() -> Response:
+    """The answer to a shed sync request: 503 ``overloaded`` with ``Retry-After: 1``, from
+    the app or (``reality serve``) straight from the HTTP protocol, which must send the same
+    bytes the app would."""
+    return error_response(503, "overloaded", "too many sync requests; retry soon",
+                          (("retry-after", "1"),))
+
+
+def response_headers(response: Response) -> list[tuple[bytes, bytes]]:
+    """The headers :func:`_send` puts on ``response`` (the server adds its own, e.g. date)."""
+    headers = [(b"content-type", response.content_type.encode()),
+               (b"content-length", str(len(response.body)).encode()),
+               (b"cache-control", b"no-store")]
+    return headers + [(k.encode(), v.encode()) for k, v in response.headers]
+
+
 def normalize_base(base: str) -> str:
     if not isinstance(base, str) or (base and not base.startswith("/")):
         raise ConfigurationError(f"base must be a path like '/reality' (or ''), not {base!r}")
@@ -78,6 +94,11 @@ class SyncASGIApp:
         self.max_in_flight = max_in_flight
         self._in_flight = 0
 
+    @property
+    def sync_path(self) -> str:
+        """The path of the sync endpoint below the mount point."""
+        return f"{self.base}/sync"
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
             await _lifespan(receive, send, self.service)
@@ -88,12 +109,12 @@ class SyncASGIApp:
         method: str = scope.get("method", "GET")
         origin = _header(scope, b"origin")
         if method == "OPTIONS" and self.cors is not None and path in (
-            f"{self.base}/sync", f"{self.base}/health"
+            self.sync_path, f"{self.base}/health"
         ):
             preflight = Response(204, b"", headers=self.cors.headers(origin, preflight=True))
             await _send(send, preflight)
             return
-        if path == f"{self.base}/sync":
+        if path == self.sync_path:
             if method != "POST":
                 response = error_response(405, "method_not_allowed", "use POST for sync",
                                           (("allow", "POST"),))
@@ -157,8 +178,7 @@ class SyncASGIApp:
         # Counted from here, not while the body arrives: slow senders cost no slot.
         if self.max_in_flight is not None and self._in_flight >= self.max_in_flight:
             # Shed at once, before parsing or touching the database.
-            return error_response(503, "overloaded", "too many sync requests; retry soon",
-                                  (("retry-after", "1"),))
+            return overloaded_response()
         self._in_flight += 1
         try:
             # Yield once before answering. An answer from memory never awaits anything, so
@@ -205,11 +225,8 @@ def parse_content_length(value: str) -> int | None:
 
 
 async def _send(send: Send, response: Response, *, head: bool = False) -> None:
-    headers = [(b"content-type", response.content_type.encode()),
-               (b"content-length", str(len(response.body)).encode()),
-               (b"cache-control", b"no-store")]
-    headers += [(k.encode(), v.encode()) for k, v in response.headers]
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.start", "status": response.status,
+                "headers": response_headers(response)})
     # A HEAD answer carries the headers of the GET answer and no body (RFC 9110 §9.3.2).
     await send({"type": "http.response.body", "body": b"" if head else response.body})
 

@@ -2,14 +2,16 @@
 """Overload probe of bench/sync_load.py: a closed-loop HTTP/1.1 client on raw asyncio streams.
 
     python overload_client.py --host 127.0.0.1 --port P --path /reality/sync \\
-        --bodies FILE --connections 8 --duration 5
+        --bodies FILE --connections 8 --duration 5 [--interval 0.005]
 
 Runs in a process of its own (beside wrk, which supplies the bulk of the load) and records,
 for every response, its status and latency (request written -> whole response read), so the
 latency of shed (503/429) and admitted (200) answers can be told apart, which wrk cannot do.
 Every shed answer is checked for a ``Retry-After`` header and an
 ``application/problem+json`` body with the fields ``type`` and ``status``. Keep-alive
-connections; a connection the server closes is reopened. Prints one JSON line (latencies
+connections; a connection the server closes is reopened. With ``--interval`` each connection
+waits a random time (exponential, that mean) before each request, as a client with think time
+does; the clock of a request starts when it is written. Prints one JSON line (latencies
 in ms). Stdlib only.
 """
 
@@ -19,6 +21,7 @@ import argparse
 import asyncio
 import json
 import math
+import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -89,8 +92,9 @@ def check_shed(rec: Record, headers: dict[str, str], body: bytes) -> None:
 
 
 async def connection(host: str, port: int, requests: list[bytes], offset: int,
-                     deadline: float, rec: Record) -> None:
+                     deadline: float, rec: Record, interval: float) -> None:
     clock = time.perf_counter
+    rng = random.Random(offset)
     i = offset
     reader: asyncio.StreamReader | None = None
     writer: asyncio.StreamWriter | None = None
@@ -101,6 +105,8 @@ async def connection(host: str, port: int, requests: list[bytes], offset: int,
             assert reader is not None
             request = requests[i % len(requests)]
             i += 1
+            if interval > 0:
+                await asyncio.sleep(rng.expovariate(1 / interval))
             t0 = clock()
             writer.write(request)
             status, headers, body = await read_response(reader)
@@ -132,7 +138,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     rec = Record()
     start = time.perf_counter()
     deadline = start + args.duration
-    await asyncio.gather(*(connection(args.host, args.port, requests, n, deadline, rec)
+    await asyncio.gather(*(connection(args.host, args.port, requests, n, deadline, rec,
+                                      args.interval)
                            for n in range(args.connections)))
     elapsed = time.perf_counter() - start
     shed = [x for s in SHED for x in rec.latencies.get(s, [])]
@@ -160,6 +167,8 @@ def main() -> int:
     parser.add_argument("--bodies", required=True, help="one JSON body per line")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--duration", type=float, default=5.0)
+    parser.add_argument("--interval", type=float, default=0.0,
+                        help="mean think time per connection, s (default 0: closed loop)")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args))), flush=True)
     return 0

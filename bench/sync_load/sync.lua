@@ -2,6 +2,8 @@
 --
 --   wrk -t1 -c64 -d10s --latency -s sync.lua http://127.0.0.1:PORT/reality/sync -- BODIES
 --
+--   wrk ... -- BODIES MEAN_DELAY_MS      (paced: see below)
+--
 -- BODIES holds one JSON body per line ({"known": {...}}); each wrk thread sends them in turn,
 -- starting at a different line, with Content-Type application/json. done() prints one line
 -- "SYNC_LOAD_RESULT {...}" with the counts and latency percentiles (microseconds) that the
@@ -9,6 +11,12 @@
 -- "Non-2xx or 3xx responses" line shows); the bench requires it to be 0 outside the overload
 -- run. No response() hook is defined, so wrk does not hand each body to Lua (which would
 -- cost the load generator CPU the server needs on a 2-core machine).
+--
+-- With MEAN_DELAY_MS, each connection waits a random time (exponential, that mean, in whole
+-- ms as wrk's timers have) before each request: many clients with think time, as real
+-- overload comes, instead of a closed loop that keeps every connection's request
+-- outstanding at all times (there, by Little's law, latency = connections / answers per s,
+-- however fast the server is). wrk starts a request's clock after the delay.
 
 local bodies = {}
 local next_body = 1
@@ -35,6 +43,15 @@ function init(args)
     error("sync.lua: no bodies in " .. path)
   end
   next_body = ((thread_no or 1) - 1) % #bodies + 1
+  local mean = tonumber(args[2] or "")
+  if mean ~= nil and mean > 0 then
+    -- Defined only when pacing: wrk checks for delay() after init(), and a delay of 0 would
+    -- still cost a timer per request in the unpaced runs.
+    math.randomseed(os.time() + (thread_no or 1))
+    function delay()
+      return math.floor(-math.log(1 - math.random()) * mean + 0.5)
+    end
+  end
   wrk.method = "POST"
   wrk.headers["Content-Type"] = "application/json"
 end
