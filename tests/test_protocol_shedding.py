@@ -1,4 +1,4 @@
-"""Shedding in the HTTP protocol of ``reality serve`` (``reality_core.cli``): a real uvicorn
+"""Shedding in the HTTP protocol of ``reality serve`` (``reality_core.shedding``): a real uvicorn
 server in this process, raw HTTP/1.1 over real sockets, the real app behind it."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from reality_core import SyncService
+from reality_core import SyncService, shedding
 from reality_core.asgi import Receive, Scope, Send, SyncASGIApp
-from reality_core.cli import PROTOCOL, _gate_for
+from reality_core.shedding import PROTOCOL, _gate_for
 from tests.test_cors_and_shedding import SlowReader
 from tests.test_endpoint import Store
 
@@ -220,9 +220,10 @@ def test_reality_serve_uses_the_shedding_protocol_by_name() -> None:
 
     from reality_core import cli
 
-    assert cli._http_protocol() == PROTOCOL
+    assert cli.http_protocol is shedding.http_protocol  # what _serve passes to uvicorn
+    assert shedding.http_protocol() == PROTOCOL
     cls = import_from_string(PROTOCOL)
-    assert cls is cli._protocol_class()
+    assert cls is shedding._protocol_class()
     assert f"{cls.__module__}:{cls.__qualname__}" == PROTOCOL
     with pytest.raises(AttributeError):
-        cli.NoSuchThing  # noqa: B018
+        shedding.NoSuchThing  # noqa: B018
