@@ -71,6 +71,8 @@ class DBAPIReader:
         self.dialect = dialect
         self.fold_threshold = fold_threshold
         self._folding = threading.Lock()
+        self._vacuuming = threading.Lock()
+        self._closed = False
         self._vacuumed = float("-inf")
         self._pool_size = pool_size
         self._lock = threading.Lock()
@@ -111,7 +113,8 @@ class DBAPIReader:
 
     def _checkin(self, conn: Any) -> None:
         with self._lock:
-            if len(self._pool) < self._pool_size:
+            # After close() a background fold or VACUUM still hands its connection back.
+            if not self._closed and len(self._pool) < self._pool_size:
                 self._pool.append(conn)
                 return
         _close_quietly(conn)
@@ -189,12 +192,34 @@ class DBAPIReader:
                 return total
 
     def fold_and_vacuum(self) -> int:
-        """:meth:`fold`, then :meth:`vacuum_if_due` when rows moved: what every background
+        """:meth:`fold`, then :meth:`vacuum_soon` when rows moved: what every background
         folder runs. Returns the rows folded."""
         moved = self.fold()
         if moved:
-            self.vacuum_if_due()
+            self.vacuum_soon()
         return moved
+
+    def vacuum_soon(self) -> bool:
+        """:meth:`vacuum_if_due` in a one-shot background thread, unless one is running or
+        it is not due: a VACUUM that truncates the emptied log may wait seconds for its lock
+        while writers append, and the folder (or a cache's refresh thread) must not wait
+        with it. Returns whether a thread was started."""
+        if self.dialect != "postgresql" or \
+                time.monotonic() - self._vacuumed < VACUUM_INTERVAL:
+            return False
+        if not self._vacuuming.acquire(blocking=False):
+            return False
+
+        def run() -> None:
+            try:
+                self.vacuum_if_due()
+            except StoreError as exc:
+                log.warning("vacuuming the version log failed: %s", exc.message)
+            finally:
+                self._vacuuming.release()
+
+        threading.Thread(target=run, name="reality-vacuum", daemon=True).start()
+        return True
 
     def vacuum_if_due(self, min_interval: float = VACUUM_INTERVAL) -> bool:
         """After folding, on PostgreSQL: ``VACUUM`` the log and the counts, at most every
@@ -227,6 +252,7 @@ class DBAPIReader:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             pool, self._pool = self._pool, []
         for conn in pool:
             _close_quietly(conn)
