@@ -339,6 +339,19 @@ def _bare(table: str) -> tuple[str, str | None]:
     return bare, schema or None
 
 
-def _written(sql: str, dialect: Dialect) -> frozenset[str] | None:
+#: Longer SQL strings (inlined values) are read afresh each time rather than cached.
+_CACHED_SQL_LENGTH = 4096
+
+
+@lru_cache(maxsize=2048)
+def _written_cached(sql: str, dialect: Dialect) -> frozenset[str] | None:
     found = written_tables(sql, dialect=dialect)
     return None if found is None else frozenset(found)
+
+
+def _written(sql: str, dialect: Dialect) -> frozenset[str] | None:
+    """The tables ``sql`` writes (see :func:`~reality_core.rawsql.written_tables`): Tortoise
+    sends the same parameterised strings again and again, so short ones are read once."""
+    if len(sql) > _CACHED_SQL_LENGTH:
+        return _written_cached.__wrapped__(sql, dialect)
+    return _written_cached(sql, dialect)

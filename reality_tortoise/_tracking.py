@@ -28,7 +28,11 @@ Trigger mode (PostgreSQL, :mod:`reality_core.triggers`): the tables whose databa
 triggers are current are *covered*; the plugin learns them once per physical connection
 (again when the declarations, ``max_keys`` or the triggers made by this process change) and
 computes no keys for them: no statement parsing, no old-value ``SELECT``, no bump at COMMIT
-when nothing else is left. Keys of uncovered tables and :func:`bump` work as before.
+when nothing else is left. Keys of uncovered tables and :func:`bump` work as before. What a
+statement is judged by (the catalog, the settings, the coverage: a :class:`_View` and a
+:class:`_Seen`) is kept on the transaction and checked by identity, so a write to a covered
+table costs a few attribute reads; when every tracked table is covered, no statement is read
+at all, and a COMMIT with nothing buffered goes straight to Tortoise's.
 
 A write outside any transaction runs in a transaction of its own with its bump (the data
 and its bump commit together, or neither does); a write that only touches covered tables
@@ -48,6 +52,7 @@ import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
+from tortoise import Tortoise
 from tortoise.backends.base.client import (
     BaseDBAsyncClient,
     ConnectionWrapper,
@@ -64,7 +69,7 @@ from reality_core.errors import WritePathError
 from reality_core.store import Dialect, bump_failed, bump_statements
 from reality_core.triggers import FOUND_STATEMENT, TriggerSpec, covered_from_rows
 
-from ._declarations import TortoiseCatalog, TrackedTable, generation
+from ._declarations import TortoiseCatalog, TrackedTable, _generation
 from ._sql import Paramstyle
 
 if TYPE_CHECKING:
@@ -89,10 +94,57 @@ def _counted(value: bool = True) -> Iterator[None]:
 #: Bumped whenever this process creates or drops triggers (and when such a transaction
 #: ends), so that every connection's cached coverage is read again.
 trigger_epoch = [0]
-#: What each physical connection's database covers, with the stamp it was read under.
-_COVERAGE: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], frozenset[str]]] = (
-    weakref.WeakKeyDictionary())
 Rows = list[tuple[Any, ...]]
+
+
+class _View:
+    """What a client's statements are judged by: its catalog, and the stamp a coverage is
+    read under (the catalog, its generation, ``max_keys``, :data:`trigger_epoch`). Never
+    changed: when any part changes, a new view replaces it, so a view's identity is enough
+    for the caches built on it (a transaction's coverage, its "nothing to do" verdict)."""
+
+    __slots__ = ("apps", "catalog", "core_generation", "epoch", "generation", "looks_up",
+                 "max_keys", "stamp", "tables")
+
+    def __init__(self, apps: Apps | None, generation: int, catalog: TortoiseCatalog,
+                 max_keys: int | None, dialect: Dialect) -> None:
+        self.apps = apps
+        self.generation = generation
+        self.catalog = catalog
+        self.core_generation = catalog.core.generation
+        self.max_keys = max_keys
+        self.epoch = trigger_epoch[0]
+        self.stamp = (catalog, self.core_generation, max_keys, self.epoch)
+        self.tables = frozenset(catalog.tables)
+        #: Whether coverage needs reading at all (PostgreSQL, something tracked).
+        self.looks_up = dialect == "postgresql" and bool(self.tables)
+
+    def current(self, max_keys: int | None) -> bool:
+        """Still right, apart from the Tortoise context (the client checks that)."""
+        return (self.epoch == trigger_epoch[0] and self.generation == _generation[0]
+                and self.max_keys == max_keys
+                and self.core_generation == self.catalog.core.generation)
+
+    def specs(self) -> list[TriggerSpec]:
+        return self.catalog.core.trigger_specs(self.max_keys)
+
+
+class _Seen:
+    """A view and the tables covered under it on one connection (or client)."""
+
+    __slots__ = ("covered", "idle", "view")
+
+    def __init__(self, view: _View, covered: frozenset[str]) -> None:
+        self.view = view
+        self.covered = covered
+        #: Every tracked table is covered (or none is tracked): no statement gives a key
+        #: (unreadable raw SQL included: every tracked table bumps itself), so statements
+        #: skip parsing altogether.
+        self.idle = view.tables <= covered
+
+
+#: What each physical connection's database covers, with the view it was read under.
+_COVERAGE: weakref.WeakKeyDictionary[Any, _Seen] = weakref.WeakKeyDictionary()
 
 
 class _TransactionEnded(Exception):
@@ -104,7 +156,7 @@ class _GuardedConnection(ConnectionWrapper[Any]):
 
     async def __aenter__(self) -> Any:
         connection = await super().__aenter__()
-        client = cast(RealityTransaction, self.client)
+        client: RealityTransaction = self.client  # type: ignore[assignment]
         if client._reality_root._reality_done:
             self._lock.release()
             raise _TransactionEnded
@@ -132,14 +184,22 @@ class _Statements(BaseDBAsyncClient):
                              kwargs: dict[str, Any]) -> Any:
         return await getattr(super(), name)(*args, **kwargs)
 
+    # The two methods every ORM write and read goes through check _COUNTED themselves
+    # (what _reality_dispatch does), sparing already counted statements a call.
+
     async def execute_insert(self, query: str, values: list[Any]) -> Any:
-        return await self._reality_dispatch("execute_insert", query, values, False,
-                                            (query, values), {})
+        if _COUNTED.get():
+            return await super().execute_insert(query, values)
+        return await self._reality_statement("execute_insert", query, values, False,
+                                             (query, values), {})
 
     async def execute_query(self, query: str, values: list[Any] | None = None,
                             *args: Any, **kwargs: Any) -> Any:
-        return await self._reality_dispatch("execute_query", query, values, False,
-                                            (query, values, *args), kwargs)
+        if _COUNTED.get():
+            return await super().execute_query(
+                query, values, *args, **kwargs)
+        return await self._reality_statement("execute_query", query, values, False,
+                                             (query, values, *args), kwargs)
 
     async def execute_query_dict(self, query: str, values: list[Any] | None = None) -> Any:
         return await self._reality_dispatch("execute_query_dict", query, values, False,
@@ -154,13 +214,25 @@ class _Statements(BaseDBAsyncClient):
     def _reality_client(self) -> RealityClient:
         raise NotImplementedError
 
-    def _reality_keys(self, sql: str, params: Any, many: bool,
-                      covered: frozenset[str]) -> set[str]:
-        client = self._reality_client()
-        return client._reality_catalog().statement_keys(
+    def _reality_keys(self, sql: str, params: Any, many: bool, seen: _Seen) -> set[str]:
+        if seen.idle:  # every tracked table bumps itself: nothing to read in the SQL
+            return set()
+        return seen.view.catalog.statement_keys(
             sql, params, many=many, dialect=self.reality_dialect,
-            paramstyle=self.reality_paramstyle, policy=client.reality_settings.raw_sql,
-            covered=covered)
+            paramstyle=self.reality_paramstyle,
+            policy=self._reality_client().reality_settings.raw_sql, covered=seen.covered)
+
+    def _reality_view(self) -> _View:
+        raise NotImplementedError
+
+    async def _reality_seen(self, view: _View | None = None) -> _Seen:
+        """What is covered for a write through this client, under ``view`` (default: the
+        current one)."""
+        raise NotImplementedError
+
+    async def _reality_covered(self) -> frozenset[str]:
+        """The covered tables for a write through this client (or wrapper)."""
+        return (await self._reality_seen()).covered
 
     # --- Reality's own statements (trigger mode), on the driver connection -----------------
 
@@ -200,18 +272,17 @@ class RealityClient(_Statements):
                  **kwargs: Any) -> None:
         self.reality_settings = Settings(**(reality or {}))
         self._reality_cache: tuple[Apps, int, TortoiseCatalog] | None = None
+        self._reality_v: _View | None = None
         #: Coverage as last read on any of the pool's connections, for writes outside a
         #: transaction (which connection the pool hands them is unknown beforehand).
-        self._reality_coverage: tuple[tuple[Any, ...], frozenset[str]] | None = None
+        self._reality_coverage: _Seen | None = None
         super().__init__(*args, **kwargs)
 
     def _reality_client(self) -> RealityClient:
         return self
 
     def _reality_catalog(self) -> TortoiseCatalog:
-        from tortoise import Tortoise
-
-        apps, current = Tortoise.apps, generation()
+        apps, current = Tortoise.apps, _generation[0]
         cache = self._reality_cache
         if cache is not None and cache[0] is apps and cache[1] == current:
             return cache[2]
@@ -220,34 +291,40 @@ class RealityClient(_Statements):
             self._reality_cache = (apps, current, catalog)
         return catalog
 
-    def _reality_stamp(self) -> tuple[tuple[Any, ...], list[TriggerSpec]] | None:
-        """What a cached coverage must have been read under, and the specs to read it with;
-        ``None`` where there is nothing to look up (not PostgreSQL, nothing tracked)."""
-        if self.reality_dialect != "postgresql":
-            return None
-        catalog = self._reality_catalog()
-        if not len(catalog):
-            return None
+    def _reality_view(self) -> _View:
+        """The current view (checked in full: Tortoise context, declarations, settings,
+        triggers made by this process)."""
+        view = self._reality_v
+        apps = Tortoise.apps
         max_keys = self.reality_settings.max_keys
-        specs = catalog.core.trigger_specs(max_keys)
-        return (catalog, catalog.core.generation, max_keys, trigger_epoch[0]), specs
+        if view is not None and view.apps is apps and view.current(max_keys):
+            return view
+        catalog = self._reality_catalog()
+        view = _View(apps, _generation[0], catalog, max_keys, self.reality_dialect)
+        if apps is not None:  # before Tortoise.init has loaded the apps: do not remember
+            self._reality_v = view
+        return view
 
-    async def _reality_covered(self) -> frozenset[str]:
-        """The covered tables, for a write outside any transaction."""
-        found = self._reality_stamp()
-        if found is None:
-            return frozenset()
-        stamp, specs = found
-        cached = self._reality_coverage
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        covered = await _look_up(self, specs)
-        self._reality_coverage = (stamp, covered)
-        return covered
+    async def _reality_seen(self, view: _View | None = None) -> _Seen:
+        """Coverage for a write outside any transaction (read on whichever connection)."""
+        if view is None:
+            view = self._reality_view()
+        seen = self._reality_coverage
+        if seen is not None and seen.view is view:
+            return seen
+        if seen is not None and seen.view.stamp == view.stamp:
+            covered = seen.covered
+        elif view.looks_up:
+            covered = await _look_up(self, view.specs())
+        else:
+            covered = frozenset()
+        seen = _Seen(view, covered)
+        self._reality_coverage = seen
+        return seen
 
     async def _reality_statement(self, name: str, sql: str, params: Any, many: bool,
                                  args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        keys = self._reality_keys(sql, params, many, await self._reality_covered())
+        keys = self._reality_keys(sql, params, many, await self._reality_seen())
         if not keys:  # nothing, or only covered tables: their triggers bump in the statement
             return await self._reality_upper(name, args, kwargs)
         # Outside any transaction: the statement and its bump get one of their own, so the
@@ -286,10 +363,15 @@ class RealityTransaction(_Statements, TransactionalDBClient):
             self._reality_root = self
             self._reality_buffer = KeyBuffer()
             self._reality_done = False
-            self._reality_base = cast(RealityClient, parent)
+            self._reality_base: RealityClient = parent  # type: ignore[assignment]
             #: Set by create_triggers()/drop_triggers() run in this transaction: its end
             #: changes what is covered, so cached coverage is read again then.
             self._reality_ddl = False
+            #: The view and coverage this transaction's statements were last judged by:
+            #: checked per statement by view identity (one transaction never changes its
+            #: Tortoise context), so a statement on a covered table costs a few lookups.
+            self._reality_v: _View | None = None
+            self._reality_s: _Seen | None = None
 
     def _reality_client(self) -> RealityClient:
         return self._reality_root._reality_base
@@ -308,39 +390,58 @@ class RealityTransaction(_Statements, TransactionalDBClient):
     def acquire_connection(self) -> ConnectionWrapper[Any]:
         return _GuardedConnection(self._lock, self)
 
-    async def _reality_covered(self) -> frozenset[str]:
-        """The covered tables, as this transaction's physical connection sees them (read
-        once per connection, inside the transaction, so a failure fails it). Raises
-        :class:`_TransactionEnded` once the transaction has ended."""
+    def _reality_view(self) -> _View:
         root = self._reality_root
-        found = root._reality_base._reality_stamp()
-        if found is None:
-            return frozenset()
-        stamp, specs = found
-        physical = self._reality_physical(root._connection)
-        try:
-            cached = _COVERAGE.get(physical)
-        except TypeError:  # a connection that takes no weak reference: read every time
-            physical, cached = None, None
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
-        covered = await _look_up(root, specs)
-        if physical is not None:
-            _COVERAGE[physical] = (stamp, covered)
-        return covered
+        view = root._reality_v
+        base = root._reality_base
+        if view is None or not view.current(base.reality_settings.max_keys):
+            view = root._reality_v = base._reality_view()
+        return view
+
+    async def _reality_seen(self, view: _View | None = None) -> _Seen:
+        """Coverage as this transaction's physical connection sees it (read once per
+        connection, inside the transaction, so a failure fails it). Raises
+        :class:`_TransactionEnded` once the transaction has ended (when it must read)."""
+        root = self._reality_root
+        if view is None:
+            view = self._reality_view()
+        seen = root._reality_s
+        if seen is not None and seen.view is view:
+            return seen
+        if not view.looks_up:
+            seen = _Seen(view, frozenset())
+        else:
+            physical = self._reality_physical(root._connection)
+            try:
+                seen = _COVERAGE.get(physical)
+            except TypeError:  # a connection that takes no weak reference: read every time
+                physical, seen = None, None
+            if seen is None or seen.view is not view:
+                if seen is not None and seen.view.stamp == view.stamp:
+                    seen = _Seen(view, seen.covered)
+                else:
+                    seen = _Seen(view, await _look_up(root, view.specs()))
+                if physical is not None:
+                    _COVERAGE[physical] = seen
+        root._reality_s = seen
+        return seen
 
     async def _reality_statement(self, name: str, sql: str, params: Any, many: bool,
                                  args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         root = self._reality_root
         if not root._reality_done:
             try:
-                covered = await self._reality_covered()
-                keys = self._reality_keys(sql, params, many, covered)
-                # Counted before it runs: a statement cut short (cancelled mid-flight) may
-                # still have written; over-invalidating its keys is allowed, losing them not.
-                root._reality_buffer.add(keys)
-                with _counted():
+                seen = await self._reality_seen()
+                if not seen.idle:
+                    # Counted before it runs: a statement cut short (cancelled mid-flight)
+                    # may still have written; over-invalidating its keys is allowed, losing
+                    # them not.
+                    root._reality_buffer.add(self._reality_keys(sql, params, many, seen))
+                token = _COUNTED.set(True)
+                try:
                     return await self._reality_upper(name, args, kwargs)
+                finally:
+                    _COUNTED.reset(token)
             except _TransactionEnded:
                 pass
         # The transaction has ended (a task spawned inside it outlived it): this statement
@@ -381,41 +482,50 @@ class RealityTransaction(_Statements, TransactionalDBClient):
             trigger_epoch[0] += 1
 
     async def commit(self) -> None:
-        if self._reality_nested:  # a savepoint release on backends that map it to commit()
+        if self._reality_root is not self:  # a savepoint release (backends that map it so)
             await self._wrapped("commit")
             return
         # The statement lock: a statement in flight on this transaction (from a task it
         # spawned) finishes, and its keys are in the buffer, before the bump is written.
-        async with self._lock:
+        lock = self._lock
+        await lock.acquire()
+        try:
+            buffer = self._reality_buffer
             try:
-                client = self._reality_client()
-                keys = client._reality_catalog().core.compact(
-                    self._reality_buffer.drain(), client.reality_settings.max_keys)
-                if keys:  # trigger mode may leave nothing: then no bump statement at all
-                    await self._reality_bump(keys)
-                await self._wrapped("commit")
+                if buffer:  # trigger mode often leaves nothing: no key work, no bump
+                    client = self._reality_base
+                    keys = self._reality_view().catalog.core.compact(
+                        buffer.drain(), client.reality_settings.max_keys)
+                    if keys:
+                        await self._reality_bump(keys)
+                await super().commit()  # type: ignore[safe-super]  # Tortoise's wrapper
             except BaseException:
                 await self._reality_after_failed_commit()
                 raise
             finally:
                 self._reality_done = True
-                self._reality_buffer.clear()
-                self._reality_ddl_ended()
+                buffer.clear()
+                if self._reality_ddl:
+                    trigger_epoch[0] += 1
+        finally:
+            lock.release()
 
     async def rollback(self) -> None:
-        if self._reality_nested:
+        if self._reality_root is not self:
             try:
                 await self._wrapped("rollback")
             finally:
                 self._reality_ddl_ended()
             return
-        async with self._lock:
-            try:
-                await self._wrapped("rollback")
-            finally:
-                self._reality_done = True
-                self._reality_buffer.clear()
-                self._reality_ddl_ended()
+        lock = self._lock
+        await lock.acquire()
+        try:
+            await super().rollback()  # type: ignore[safe-super]  # Tortoise's wrapper
+        finally:
+            self._reality_done = True
+            self._reality_buffer.clear()
+            self._reality_ddl_ended()
+            lock.release()
 
     async def _reality_bump(self, keys: list[str]) -> None:
         try:
@@ -438,45 +548,43 @@ class RealityTransaction(_Statements, TransactionalDBClient):
 # --- executors: save() / create() / delete() ----------------------------------------------
 
 
-async def _coverage(db: _Statements) -> tuple[frozenset[str], _Statements]:
-    """The covered tables for a write through ``db``, and the client it runs on: ``db``, or
-    its connection's client once ``db``'s transaction has ended."""
+async def _tracked(executor: BaseExecutor) -> _Found | None:
+    """A tracked model's write through ``executor.db``, with what trigger mode covers and
+    the client it runs on: ``db``, or its connection's client once ``db``'s transaction has
+    ended; ``None`` for an untracked model (no coverage read for it)."""
+    db = executor.db
     if isinstance(db, RealityTransaction):
         if not db._reality_root._reality_done:
-            with contextlib.suppress(_TransactionEnded):
-                return await db._reality_covered(), db
+            view = db._reality_view()
+            tracked = view.catalog.models.get(executor.model)
+            if tracked is None:
+                return None
+            try:
+                return _Found(tracked, await db._reality_seen(view), db)
+            except _TransactionEnded:
+                pass
         db = db._reality_client()
-    return await cast(RealityClient, db)._reality_covered(), db
-
-
-async def _tracked(executor: BaseExecutor) -> _Found | None:
-    db = executor.db
-    if not isinstance(db, _Statements):
+    elif not isinstance(db, RealityClient):
         return None
-    catalog = db._reality_client()._reality_catalog()
-    tracked = catalog.models.get(executor.model)
+    view = db._reality_view()
+    tracked = view.catalog.models.get(executor.model)
     if tracked is None:
         return None
-    covered, runs_on = await _coverage(db)
-    return _Found(catalog, tracked, covered, runs_on)
+    return _Found(tracked, await db._reality_seen(view), db)
 
 
 class _Found:
     """A tracked model's write: its catalog entry and what trigger mode covers."""
 
-    __slots__ = ("catalog", "covered", "runs_on", "tracked")
+    __slots__ = ("by_trigger", "catalog", "covered", "runs_on", "tracked")
 
-    def __init__(self, catalog: TortoiseCatalog, tracked: TrackedTable,
-                 covered: frozenset[str], runs_on: _Statements) -> None:
-        self.catalog = catalog
+    def __init__(self, tracked: TrackedTable, seen: _Seen, runs_on: _Statements) -> None:
+        self.catalog = seen.view.catalog
         self.tracked = tracked
-        self.covered = covered
+        self.covered = seen.covered
         self.runs_on = runs_on
-
-    @property
-    def by_trigger(self) -> bool:
-        """The table's trigger bumps it: no key work, no old-value read, no own transaction."""
-        return self.tracked.declaration.table in self.covered
+        #: The table's trigger bumps it: no key work, no old-value read, no own transaction.
+        self.by_trigger = tracked.declaration.table in seen.covered
 
 
 @contextlib.asynccontextmanager
@@ -522,8 +630,11 @@ class RealityExecutor(BaseExecutor):
             await super().execute_insert(instance)
             return
         if found.by_trigger:
-            with _counted():
+            token = _COUNTED.set(True)
+            try:
                 await super(RealityExecutor, self._on(found.runs_on)).execute_insert(instance)
+            finally:
+                _COUNTED.reset(token)
             return
         catalog, tracked = found.catalog, found.tracked
         async with _transaction(self.db) as tx:
@@ -542,9 +653,12 @@ class RealityExecutor(BaseExecutor):
         if found is None:
             return await super().execute_update(instance, update_fields)
         if found.by_trigger:
-            with _counted():
+            token = _COUNTED.set(True)
+            try:
                 return await super(RealityExecutor, self._on(found.runs_on)).execute_update(
                     instance, update_fields)
+            finally:
+                _COUNTED.reset(token)
         catalog, tracked = found.catalog, found.tracked
         model_instance = cast("Model", instance)
         async with _transaction(self.db) as tx:
@@ -566,9 +680,12 @@ class RealityExecutor(BaseExecutor):
         if found is None:
             return await super().execute_delete(instance)
         if found.by_trigger:
-            with _counted():
+            token = _COUNTED.set(True)
+            try:
                 return await super(RealityExecutor, self._on(found.runs_on)).execute_delete(
                     instance)
+            finally:
+                _COUNTED.reset(token)
         catalog, tracked = found.catalog, found.tracked
         model_instance = cast("Model", instance)
         async with _transaction(self.db) as tx:

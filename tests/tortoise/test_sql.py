@@ -124,3 +124,31 @@ def test_many_in_lists_give_up_pinning() -> None:
     assert shape is not None
     got = list(images(shape, list(range(100)) * 2, ()))
     assert got[-1] == (None, {})
+
+
+def test_written_tables_are_read_once_per_statement_string(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tortoise sends the same parameterised strings over and over: each is read once
+    (strings with many inlined values are read every time, not kept)."""
+    from reality_tortoise import _declarations
+
+    seen: list[str] = []
+    real = _declarations.written_tables
+
+    def counting(sql: str, *, dialect: str | None = None) -> set[str] | None:
+        seen.append(sql)
+        return real(sql, dialect=dialect)
+
+    monkeypatch.setattr(_declarations, "written_tables", counting)
+    _declarations._written_cached.cache_clear()
+    try:
+        short = 'UPDATE "orders" SET "total"=$1 WHERE "id"=$2'
+        for _ in range(3):
+            assert _declarations._written(short, "postgresql") == {"orders"}
+        assert seen == [short]
+        long = "INSERT INTO orders (id) VALUES " + ",".join(f"({i})" for i in range(2000))
+        for _ in range(2):
+            assert _declarations._written(long, "postgresql") == {"orders"}
+        assert seen == [short, long, long]
+    finally:
+        _declarations._written_cached.cache_clear()

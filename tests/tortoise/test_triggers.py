@@ -299,3 +299,63 @@ async def test_a_failed_coverage_lookup_fails_the_write(tm: th.TortoiseHarness) 
             _tracking.trigger_epoch[0] += 1  # as after create_triggers(): look again
             await th.Order.create(id=1, room_id=7)
     assert await tm.count_orders() == 0
+
+
+@pytest.fixture
+async def tm_strict(request: pytest.FixtureRequest,
+                    pg_dialect: str) -> AsyncIterator[th.TortoiseHarness]:
+    """Trigger mode under the ``strict`` raw SQL policy."""
+    async with th.tortoise_harness(pg_dialect, database_url(request, pg_dialect),
+                                   models=PLUGIN_MODELS, triggers=True,
+                                   raw_sql="strict") as harness:
+        yield harness
+
+
+async def test_with_every_table_covered_no_statement_is_read(
+        tm_strict: th.TortoiseHarness, bumps: list[list[str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nothing is left for Python: no statement is parsed (not even unreadable raw SQL,
+    which strict would refuse were a tracked table uncovered), no bump is sent."""
+
+    def unread(*args: Any, **kwargs: Any) -> set[str]:
+        raise AssertionError("a statement was read for keys")
+
+    monkeypatch.setattr(_tracking.TortoiseCatalog, "statement_keys", unread)
+    v = await watch(tm_strict, ORDERS, row(1), row(2), "room:1", "room:3",
+                    table_key("post_tags"))
+    async with in_transaction():
+        await th.Order.bulk_create([th.Order(id=1, room_id=1), th.Order(id=2, room_id=2)])
+        await th.Order.filter(id=1).update(room_id=3)
+        assert await th.Order.filter(room_id=3).count() == 1
+        post, tag = await th.Post.create(id=1), await th.Tag.create(id=1)
+        await post.tags.add(tag)
+        await th.db().execute_script("DO $$ BEGIN UPDATE orders SET total = 1; END $$")
+    await th.Order.filter(id=2).delete()  # outside a transaction
+    assert bumps == []
+    assert await v.delta() == {ORDERS: 2, row(1): 1, row(2): 2, "room:1": 1, "room:3": 1,
+                               table_key("post_tags"): 1}
+
+
+async def test_coverage_is_read_once_per_connection(
+        tm: th.TortoiseHarness, bumps: list[list[str]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A covered write's transaction sends what Tortoise's own would: BEGIN, the write,
+    COMMIT; the coverage lookup runs once per physical connection, not per transaction."""
+    lookups: list[object] = []
+    original = _tracking._look_up
+
+    async def spy(db: Any, specs: Any) -> frozenset[str]:
+        lookups.append(db)
+        return await original(db, specs)
+
+    monkeypatch.setattr(_tracking, "_look_up", spy)
+    _tracking.trigger_epoch[0] += 1  # every connection reads coverage again
+    physical: set[int] = set()
+    for i in range(1, 21):
+        async with in_transaction() as tx:
+            assert isinstance(tx, RealityTransaction)
+            physical.add(id(tx._reality_physical(tx._connection)))
+            await th.Order.create(id=i, room_id=i)
+    assert 1 <= len(lookups) <= len(physical)
+    assert bumps == []
+    assert await tm.count_orders() == 20
