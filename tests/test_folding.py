@@ -273,3 +273,36 @@ def test_folding_vacuums_the_log_at_most_every_few_seconds(store: Store) -> None
             assert int(rows[0][0]) >= 1
     finally:
         reader.close()
+
+
+@pytest.fixture
+def pg_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    yield from open_store(request, tmp_path, "postgresql")
+
+
+def test_a_bloated_fold_seq_index_is_rebuilt(pg_store: Store) -> None:
+    """PostgreSQL: when the fold_seq index outgrows its table, the VACUUM after a fold
+    rebuilds it (REINDEX CONCURRENTLY), leaving the versions untouched."""
+    store = pg_store
+    reader = store.reader()
+    conn = store.url.dbapi_connect()
+    try:
+        for i in range(20):
+            store.bump(f"k{i}")
+        assert reader.fold() == 20
+        # Index entries whose rows are gone at the table's end: VACUUM truncates the table,
+        # the index keeps its pages (what fold churn does to it, made quickly).
+        conn.execute("INSERT INTO reality_versions (key_name, version, hash, updated_at, "
+                     "fold_seq) SELECT 'zz' || g, 1, '', 0, g FROM generate_series(1, 40000) g")
+        conn.execute("DELETE FROM reality_versions WHERE key_name LIKE 'zz%'")
+        size = "SELECT pg_relation_size('ix_reality_versions_fold_seq')"
+        bloated = int(store.query(size)[0][0])
+        assert reader.vacuum_if_due(min_interval=0)
+        assert reader.reindexed == 1
+        assert int(store.query(size)[0][0]) < bloated / 10
+        assert reader.read([f"k{i}" for i in range(20)]).version("k7") == 1
+        assert reader.vacuum_if_due(min_interval=0)
+        assert reader.reindexed == 1  # looked at again only after REINDEX_CHECK_INTERVAL
+    finally:
+        conn.close()
+        reader.close()
