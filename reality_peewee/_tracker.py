@@ -42,6 +42,19 @@ no keys from raw SQL, and no transaction of its own around an autocommitted stat
 trigger commits with it). The cache is keyed by the DB-API connection object itself
 (weakly), not by peewee's per-thread state: a pool hands one connection to many threads,
 and the answer belongs to the connection's database, not to the thread.
+
+What a covered write costs in Python
+------------------------------------
+G1 wants the plugin's share of a small transaction near zero when the database does the
+bump, so the hot path is kept short and measured (``BEGIN; INSERT; COMMIT``, the same three
+statements as without the plugin). ``execute()`` first asks :meth:`Tracker.passthrough`:
+a SELECT, or an INSERT/UPDATE/DELETE on a model that is untracked or covered on this
+connection (and has no CTE), runs as is, with no plan and its SQL text unread; everything
+else takes the full path. The covered set is remembered in the thread's state for its
+connection, under the catalog generation and the coverage epoch, so a statement pays a
+few attribute reads for it, not a lookup in :data:`coverage`. Raw SQL (``execute_sql``)
+remembers, per SQL string, the keys it yields (before and after removing the covered
+tables): a repeated statement is parsed once per catalog generation.
 """
 
 from __future__ import annotations
@@ -73,6 +86,11 @@ from ._queries import plan_for
 
 WRAPPED: Final = ("execute", "execute_sql", "begin", "commit", "rollback", "connect", "close")
 _ABSENT: Final = object()
+_NONE: Final[frozenset[str]] = frozenset()
+_WRITES: Final = (peewee.Insert, peewee.Update, peewee.Delete)
+#: Raw SQL strings whose keys a tracker remembers (then it starts over), and the longest.
+RAW_CACHE_SIZE: Final = 512
+RAW_CACHE_MAX_CHARS: Final = 10_000
 
 
 def driver_in_transaction(conn: Any) -> bool | None:
@@ -139,7 +157,8 @@ coverage = Coverage()
 class _TxState:
     """One thread's (one connection's) tracking state."""
 
-    __slots__ = ("buffer", "conn", "nested", "open", "rolled_back")
+    __slots__ = ("buffer", "conn", "cov_conn", "cov_epoch", "cov_gen", "cov_tables", "nested",
+                 "open", "rolled_back")
 
     def __init__(self) -> None:
         self.buffer = KeyBuffer()
@@ -150,6 +169,11 @@ class _TxState:
         self.open = False
         #: the bump failed and rolled the transaction back: peewee's rollback() may no-op
         self.rolled_back = False
+        #: coverage.tables() for cov_conn, read under (catalog generation, coverage epoch)
+        self.cov_conn: Any = None
+        self.cov_gen = -1
+        self.cov_epoch = -1
+        self.cov_tables: frozenset[str] = _NONE
 
     def reset(self, conn: Any) -> None:
         self.buffer.clear()
@@ -174,6 +198,10 @@ class Tracker:
         self._saved: dict[str, Any] = {}
         self._wrappers: dict[str, Callable[..., Any]] = {}
         self._originals: dict[str, Callable[..., Any]] = {}
+        #: sql -> (catalog generation, keys without coverage (None: unattributable, strict),
+        #: the covered set last applied, the keys left with it)
+        self._raw: dict[str, tuple[int, frozenset[str] | None, frozenset[str] | None,
+                                   frozenset[str]]] = {}
 
     # --- install / uninstall ---------------------------------------------------------------
 
@@ -282,31 +310,80 @@ class Tracker:
             st.buffer.add(keys)
         return result
 
-    def covered(self) -> frozenset[str]:
+    def covered(self, st: _TxState | None = None) -> frozenset[str]:
         """The tracked tables the current connection's database triggers bump (trigger
         mode, PostgreSQL only), opening the connection as the statement would."""
-        if self.dialect != "postgresql" or not len(registry.catalog):
-            return frozenset()
-        if self.db.is_closed() and not self.db.autoconnect:
-            return frozenset()  # the statement fails anyway: "connection not opened"
-        return coverage.tables(self.db.connection(), self.max_keys)
+        if self.dialect != "postgresql":
+            return _NONE
+        db = self.db
+        if db.is_closed() and not db.autoconnect:
+            return _NONE  # the statement fails anyway: "connection not opened"
+        conn = db.connection()
+        if st is None:
+            st = self.state()
+        catalog = registry.catalog
+        # Read the stamp first: a change while coverage.tables() runs only asks once more.
+        gen, epoch = catalog.generation, coverage.epoch
+        if st.cov_conn is conn and st.cov_gen == gen and st.cov_epoch == epoch:
+            return st.cov_tables  # (remembered only for a catalog with declarations)
+        if not len(catalog):
+            return _NONE
+        tables = coverage.tables(conn, self.max_keys)
+        st.cov_conn, st.cov_gen, st.cov_epoch, st.cov_tables = conn, gen, epoch, tables
+        return tables
+
+    def passthrough(self, query: Any, st: _TxState) -> bool:
+        """Whether ``query`` needs neither keys nor its SQL text read: a SELECT, or a write
+        to a model that is untracked or covered by triggers on this connection, without a
+        CTE (which may write elsewhere). The same answers :func:`plan_for` and
+        :func:`_sql_may_write` give, without building anything."""
+        if getattr(query, "_cte_list", None):
+            return False
+        if isinstance(query, _WRITES):
+            table = query.table
+            if not (isinstance(table, type) and issubclass(table, peewee.Model)):
+                return False  # a peewee.Table (escalates) or an alias: the full path
+            tracked = registry.for_model(table)
+            return tracked is None or tracked.declaration.table in self.covered(st)
+        return isinstance(query, peewee.SelectBase)
 
     def raw_keys(self, sql: str) -> set[str]:
+        """The keys of a raw SQL string (remembered per string and catalog generation)."""
         registry.resolve_pending()
         catalog = registry.catalog
-        if self.dialect != "postgresql":
-            return catalog.raw_sql_keys(sql, self.raw_sql, self.dialect)
+        gen = catalog.generation  # read first: a change meanwhile only misses next time
+        entry = self._raw.get(sql)
+        if entry is None or entry[0] != gen:
+            try:
+                base: frozenset[str] | None = frozenset(
+                    catalog.raw_sql_keys(sql, self.raw_sql, self.dialect))
+            except UnsupportedStatementError:
+                if self.dialect != "postgresql":
+                    raise
+                base = None  # strict, unattributable: fine after all if every table is covered
+            entry = (gen, base, None, _NONE)
+            self._remember(sql, entry)
+        base = entry[1]
+        if base is not None and (not base or self.dialect != "postgresql"):
+            return set(base)
         # Coverage only removes keys: a statement with none (a SELECT) never asks for it.
-        try:
-            keys: set[str] | None = catalog.raw_sql_keys(sql, self.raw_sql, self.dialect)
-        except UnsupportedStatementError:
-            keys = None  # strict, unattributable: fine after all if every table is covered
-        if keys is not None and not keys:
-            return keys
         covered = self.covered()
-        if keys is not None and not covered:
-            return keys
-        return catalog.raw_sql_keys(sql, self.raw_sql, self.dialect, covered)
+        if base is not None and not covered:
+            return set(base)
+        if entry[2] is not None and entry[2] == covered:
+            return set(entry[3])
+        keys = catalog.raw_sql_keys(sql, self.raw_sql, self.dialect, covered)
+        self._remember(sql, (gen, base, covered, frozenset(keys)))
+        return keys
+
+    def _remember(self, sql: str, entry: tuple[int, frozenset[str] | None,
+                                             frozenset[str] | None, frozenset[str]]) -> None:
+        if len(sql) > RAW_CACHE_MAX_CHARS:
+            return
+        cache = self._raw
+        if len(cache) >= RAW_CACHE_SIZE and sql not in cache:
+            cache.clear()  # (tuples replaced whole: another thread never sees half of one)
+        cache[sql] = entry
 
     def run_select(self, query: peewee.Query) -> list[tuple[Any, ...]]:
         with self.own_statements():
@@ -336,8 +413,12 @@ class Tracker:
 
     def before_commit(self) -> None:
         """Write the bump on the connection about to COMMIT."""
-        st = self.state()
-        conn = self.current_conn()
+        try:
+            st: _TxState = self._local.state
+        except AttributeError:
+            st = self.state()
+        db = self.db
+        conn = None if db.is_closed() else db.connection()
         if st.buffer and conn is not None and st.conn is conn:
             keys = registry.catalog.compact(st.buffer.drain(), self.max_keys)
             try:
@@ -356,9 +437,28 @@ class Tracker:
     # --- the wrappers ----------------------------------------------------------------------
 
     def _execute_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        local, state, passthrough = self._local, self.state, self.passthrough
+
         def execute(query: Any, *args: Any, **kwargs: Any) -> Any:
-            if self.state().nested:
-                return original(query, *args, **kwargs)
+            try:
+                st: _TxState = local.state
+            except AttributeError:
+                st = state()
+            try:
+                skip = st.nested or passthrough(query, st)
+            except RealityError:
+                raise  # I7: e.g. the coverage lookup failed
+            except Exception as exc:
+                raise WritePathError(
+                    f"Reality could not compute the keys of a write: {exc}") from exc
+            if skip:
+                # The hot path (a covered or untracked write, a SELECT): its execute_sql
+                # lets the SQL through unread.
+                st.nested += 1
+                try:
+                    return original(query, *args, **kwargs)
+                finally:
+                    st.nested -= 1
             plan = _keys_or_fail(lambda: plan_for(
                 query, registry, dialect=self.dialect, for_update=bool(self.db.for_update),
                 covered=self.covered))
@@ -377,8 +477,14 @@ class Tracker:
         return execute
 
     def _execute_sql_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        local, state = self._local, self.state
+
         def execute_sql(sql: Any, params: Any = None, *args: Any, **kwargs: Any) -> Any:
-            if self.state().nested or not isinstance(sql, str):
+            try:
+                st: _TxState = local.state
+            except AttributeError:
+                st = state()
+            if st.nested or not isinstance(sql, str):
                 return original(sql, params, *args, **kwargs)
             control = transaction_control(sql)
             if control is not None:
@@ -396,11 +502,20 @@ class Tracker:
         return execute_sql
 
     def _begin_wrapper(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        local, state = self._local, self.state
+
         def begin(*args: Any, **kwargs: Any) -> Any:
-            with self.own_statements():  # peewee 3's SQLite begin() runs execute_sql
+            try:
+                st: _TxState = local.state
+            except AttributeError:
+                st = state()
+            st.nested += 1  # peewee 3's SQLite begin() runs execute_sql
+            try:
                 result = original(*args, **kwargs)
-            st = self.state()
-            st.reset(self.current_conn())
+            finally:
+                st.nested -= 1
+            db = self.db
+            st.reset(None if db.is_closed() else db.connection())
             st.open = True
             return result
 
@@ -447,7 +562,9 @@ class Tracker:
                 # the abandoned writes, without their bump.
                 self.db.rollback()
             result = original(*args, **kwargs)  # refuses inside atomic(): keys stay
-            self.state().reset(None)
+            st = self.state()
+            st.reset(None)
+            st.cov_conn = None  # (holds no closed connection alive; the next one looks)
             return result
 
         return close

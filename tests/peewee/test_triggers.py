@@ -17,7 +17,7 @@ import peewee
 import pytest
 
 import reality_peewee
-from reality_core.errors import ConfigurationError, WritePathError
+from reality_core.errors import ConfigurationError, UnsupportedStatementError, WritePathError
 from reality_core.store import LOG_TABLE
 from reality_peewee import _tracker
 from reality_peewee._api import tracker_of
@@ -335,3 +335,102 @@ def test_more_rows_than_max_keys_escalate(
         for n in range(5):
             Seat.create(hall="c", number=n)
     assert w.moved() == {R("seat", "z", 99)}
+
+
+class _Logged:
+    """A DB-API cursor that notes the SQL it is given; everything else is the cursor's."""
+
+    def __init__(self, cursor: Any, out: list[str]) -> None:
+        self._cursor, self._out = cursor, out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._cursor, name)
+
+    def __iter__(self) -> Any:
+        return iter(self._cursor)
+
+    def execute(self, sql: Any, *args: Any, **kwargs: Any) -> Any:
+        self._out.append(str(sql))
+        return self._cursor.execute(sql, *args, **kwargs)
+
+
+def test_a_covered_transaction_sends_what_peewee_alone_sends(
+        db: peewee.Database, bumps: Bumps, monkeypatch: pytest.MonkeyPatch) -> None:
+    """G1: with the triggers doing the bump, a transaction costs the plugin no statement,
+    no plan, no coverage lookup (remembered per connection) and no bump."""
+    reality_peewee.create_triggers(db)
+    Room.create(id=7)
+    Message.create(id=1, room=7)  # this connection has looked up its coverage
+
+    def work(i: int) -> None:
+        with db.atomic():
+            Message.create(id=i, room=7)
+            m = Message.get_by_id(i)
+            m.body = "b"
+            m.save()
+            Message.update(score=1).where(Message.room == 7).execute()
+            Message.delete().where(Message.id == i).execute()
+            with db.atomic():  # a savepoint
+                Message.create(id=i + 1, room=7)
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("key work for a covered table")
+
+    def run(i: int) -> list[str]:
+        out: list[str] = []
+        real = db.cursor
+        db.cursor = lambda *a, **k: _Logged(real(*a, **k), out)  # type: ignore[method-assign]
+        try:
+            work(i)
+        finally:
+            del db.cursor
+        # savepoint names are random: compare their shape
+        return ["SAVEPOINT" if s.startswith(("SAVEPOINT", "RELEASE")) else s for s in out]
+
+    with monkeypatch.context() as patch:
+        patch.setattr(_tracker, "plan_for", refuse)
+        patch.setattr(_tracker.Coverage, "tables", refuse)
+        bumps.calls.clear()
+        with_plugin = run(10)
+    assert bumps.calls == []
+    reality_peewee.uninstall(db)
+    try:
+        without = run(20)
+    finally:
+        reality_peewee.install(db)
+    assert with_plugin == without
+    assert with_plugin  # (the spy saw them)
+
+
+def test_raw_sql_keys_follow_the_coverage(db: peewee.Database, watch: Any,
+                                          bumps: Bumps) -> None:
+    """A raw SQL string's remembered keys are those left after the covered tables."""
+    Room.create(id=7)
+    Message.create(id=1, room=7)
+    sql = "UPDATE message SET score = score + 1"
+    bumps.calls.clear()
+    db.execute_sql(sql)
+    assert len(bumps.calls) == 1  # the Python path escalates message
+    reality_peewee.create_triggers(db)
+    bumps.calls.clear()
+    for _ in range(2):
+        w: Watch = watch(M, R("message", 1), "room:7")
+        db.execute_sql(sql)
+        assert w.delta() == {M: 1, R("message", 1): 1, "room:7": 1}  # by the trigger
+    assert bumps.calls == []
+    reality_peewee.drop_triggers(db)
+    db.execute_sql(sql)
+    assert len(bumps.calls) == 1
+
+
+def test_unreadable_raw_sql_under_strict_is_fine_when_every_table_is_covered(
+        db: peewee.Database) -> None:
+    reality_peewee.uninstall(db)
+    reality_peewee.install(db, raw_sql="strict")
+    block = "DO $$ BEGIN UPDATE room SET name = 'x'; END $$"
+    reality_peewee.create_triggers(db)
+    for _ in range(2):
+        db.execute_sql(block)
+    reality_peewee.drop_triggers(db, tables=["room"])
+    with pytest.raises(UnsupportedStatementError):
+        db.execute_sql(block)
