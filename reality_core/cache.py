@@ -249,6 +249,7 @@ class VersionCache:
         self._start_lock = threading.Lock()
         #: Set by a wake-up (a NOTIFY, a mutation request): refresh now, tokens permitting.
         self._wake = threading.Event()
+        self._follow_up = False  # the last refresh was woken: poll once more at interval
         self.idle_interval = max(idle_interval, self.interval)
         self.listener: Listener | None = None
         if listen and source.dialect == "postgresql":
@@ -419,8 +420,10 @@ class VersionCache:
         per ``interval``, ``BURST`` at most), so wake-ups make refreshes come sooner but
         never more often than one per ``interval`` on average. Returns the tokens left."""
         listening = self.listener is not None and self.listener.listening
-        poll = self.idle_interval if listening else self.interval
-        self._wake.wait(max(0.0, last + poll - time.monotonic()))
+        # After a woken refresh, one more an interval later: a session notifies at most
+        # every store.WAKE_GAP_MS, so a commit right after a notifying one sent nothing.
+        poll = self.idle_interval if listening and not self._follow_up else self.interval
+        self._follow_up = self._wake.wait(max(0.0, last + poll - time.monotonic()))
         now = time.monotonic()
         tokens = min(BURST, tokens + (now - last) / self.interval)
         if tokens < 1.0:

@@ -59,16 +59,30 @@ FOLD_BATCH: Final = 100_000
 BUMP_CHUNK: Final = 500
 
 Params = Sequence[Any] | Mapping[str, Any]
-#: PostgreSQL: every bump also sends ``NOTIFY reality`` so server caches refresh at once
+#: PostgreSQL: a bump also sends ``NOTIFY reality`` so server caches refresh at once
 #: (:mod:`reality_core.wakeups`). A notifying transaction holds a database-wide lock through
 #: its COMMIT, which serialises every notifying commit (measured here: 8 writers kept 71 %
 #: of their throughput, 32 kept 51 %), so a bump notifies only when it wins this advisory
-#: lock at once: one transaction at a time, the others commit freely (measured: no loss).
-#: Wake-ups are a latency aid; the caches' polling never depends on them.
+#: lock at once (one notifying transaction at a time, the others commit freely: measured,
+#: no loss), and a session notifies at most once per WAKE_GAP_MS (a busy writer does not pay
+#: for a NOTIFY per commit; the cache refreshes once more an interval after each wake-up, so
+#: a commit just after a notifying one is seen then). Wake-ups are a latency aid; the
+#: caches' polling never depends on them. ``wake_sql(ms)``: the condition and the action,
+#: given an SQL expression for the current time in milliseconds.
 WAKE_CHANNEL: Final = "reality"
 WAKE_LOCK: Final = (0x5245, 0x414C)  # pg_try_advisory_xact_lock(int4, int4): "RE", "AL"
-WAKE_SQL: Final = (f"pg_try_advisory_xact_lock({WAKE_LOCK[0]}, {WAKE_LOCK[1]})",
-                   f"pg_notify('{WAKE_CHANNEL}', '')")
+WAKE_GAP_MS: Final = 5
+NOW_MS: Final = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
+
+
+def wake_sql(ms: str) -> tuple[str, str]:
+    # The session's last wake-up first: AND evaluates left to right, so a session that
+    # notified a moment ago does not take the advisory lock at all. set_config(..., false)
+    # is undone with the transaction, like the NOTIFY.
+    last = "COALESCE(NULLIF(current_setting('reality.woke', true), ''), '0')::bigint"
+    return (f"{last} <= {ms} - {WAKE_GAP_MS} AND "
+            f"pg_try_advisory_xact_lock({WAKE_LOCK[0]}, {WAKE_LOCK[1]})",
+            f"pg_notify('{WAKE_CHANNEL}', ''), set_config('reality.woke', ({ms})::text, false)")
 #: The writing transaction's id, as reality_log.txid's default on PostgreSQL: trigger-mode
 #: bumps and Python bumps of one transaction share it, and a key counts once per txid.
 CURRENT_TXID: Final = "pg_current_xact_id()::text::bigint"
@@ -221,8 +235,10 @@ def bump_statements(
         sql = f"INSERT INTO {LOG_TABLE} (key_name, created_at) VALUES {rows}"
         if dialect == "postgresql" and start == 0:
             # An uncorrelated scalar subquery runs once per statement (an InitPlan).
-            gate, notify = WAKE_SQL
-            sql += f" RETURNING (SELECT CASE WHEN {gate} THEN {notify}::text END)"
+            gate, notify = wake_sql(NOW_MS)
+            first, second = notify.split(", set_config", 1)
+            sql += (f" RETURNING (SELECT CASE WHEN {gate} THEN {first}::text || "
+                    f"set_config{second} END)")
         out.append((sql, ph.params))
     return out
 

@@ -2,7 +2,7 @@
 
 Every bump on PostgreSQL may send ``NOTIFY reality`` (the Python path's bump statement and
 the trigger-mode triggers both do, gated so that notifying never serialises writers: see
-:data:`reality_core.store.WAKE_SQL`). A :class:`Listener` holds one connection that listens,
+:func:`reality_core.store.wake_sql`). A :class:`Listener` holds one connection that listens,
 and calls ``on_wake`` for each notification, so a cache refreshes right after a commit
 instead of at its next poll.
 
