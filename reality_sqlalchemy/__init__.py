@@ -30,15 +30,24 @@ statements, many-to-many link rows, ``text()`` and ``exec_driver_sql`` on tracke
 Where rows are unknowable (a WHERE-based bulk statement, a raw UPDATE, a database-side
 ``ON DELETE CASCADE``) every key derived from the table reads as changed (escalation).
 
+Trigger mode (PostgreSQL)
+-------------------------
+``reality.create_triggers(engine)`` (after your tables exist) lets the database bump each
+tracked table from inside every write statement: no extra statement at COMMIT, no key work
+in Python, and writes from anywhere (raw SQL, other programs, cascades) are seen. The plugin
+finds the triggers on each new connection and leaves those tables to them;
+:mod:`reality_core.triggers` states the contract and limits. :func:`drop_triggers` undoes it.
+
 What is not tracked
 -------------------
-Writes inside stored procedures, triggers or functions called from a ``SELECT``; writes by
-other programs. Bump those keys yourself with :func:`bump`.
+Without trigger mode: writes inside stored procedures, triggers or functions called from a
+``SELECT``; writes by other programs. Bump those keys yourself with :func:`bump`.
 
 API
 ---
 :func:`track`, :func:`track_table`, :func:`install`, :func:`uninstall`, :func:`bump`,
-:func:`abump`, :func:`create_tables`, :func:`acreate_tables`, :func:`version_reader`,
+:func:`abump`, :func:`create_tables`, :func:`acreate_tables`, :func:`create_triggers`,
+:func:`drop_triggers`, :func:`version_reader`,
 :func:`enable_sqlite_savepoints`, :func:`include_object`, :func:`include_name`,
 :func:`migrations_path`.
 """
