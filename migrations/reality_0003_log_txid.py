@@ -43,8 +43,27 @@ def upgrade() -> None:
         op.execute(sa.text(f"ALTER TABLE {LOG} REPLICA IDENTITY FULL"))
 
 
+#: Trigger mode's functions (their COMMENT marks them); CASCADE drops their triggers.
+DROP_TRIGGER_FUNCTIONS = """
+DO $drop$
+DECLARE f regprocedure;
+BEGIN
+  FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+           WHERE starts_with(p.proname::text, 'reality_bump_')
+             AND starts_with(COALESCE(obj_description(p.oid, 'pg_proc'), ''), 'reality trigger ')
+  LOOP
+    EXECUTE 'DROP FUNCTION ' || f::text || ' CASCADE';
+  END LOOP;
+END
+$drop$
+"""
+
+
 def downgrade() -> None:
     if op.get_context().dialect.name == "postgresql":
+        # Trigger mode needs this revision; left behind, its triggers would fail every write
+        # to the tracked tables once the log is gone (downgrade to base).
+        op.execute(sa.text(DROP_TRIGGER_FUNCTIONS))
         op.execute(sa.text(f"ALTER TABLE {LOG} REPLICA IDENTITY DEFAULT"))
         op.create_primary_key(f"pk_{LOG}", LOG, ["id"])
     with op.batch_alter_table(LOG) as batch:

@@ -16,7 +16,8 @@ must arrive within ``body_timeout`` seconds (408 ``body_timeout`` otherwise); re
 sending their body do not count as in flight.
 
 Mount it inside another ASGI app (Starlette ``Mount``, FastAPI ``app.mount``) or serve it
-alone (``reality serve``). With a :class:`~reality_core.cache.VersionCache` a request is
+alone (``reality serve``). ``base`` is the path below the mount point: mounted at
+``/reality``, pass ``base=""``. With a :class:`~reality_core.cache.VersionCache` a request is
 answered from memory on the event loop; database reads (no cache, first load, a ``mutation``
 hint waiting for a refresh) run in a worker thread, so a slow database never blocks the
 event loop. The body is read incrementally and refused with 413 as soon as it

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .errors import ConfigurationError
-from .keys import ROW_PREFIX, TABLE_PREFIX, Declaration, KeyTemplate
+from .keys import MAX_KEY_LENGTH, ROW_PREFIX, TABLE_PREFIX, Declaration, KeyTemplate
 from .store import LOG_TABLE, NOW_MS, as_text, wake_sql
 
 log = logging.getLogger("reality.triggers")
@@ -63,8 +63,6 @@ EVENTS: Final = (
 TEXT_SAFE: Final = frozenset({"int2", "int4", "int8", "text", "varchar", "uuid"})
 _TEXTUAL: Final = frozenset({"text", "varchar"})
 _COMMENT_PREFIX: Final = "reality trigger "
-#: The transaction-local row count once a table has escalated (far above any max_keys).
-ESCALATED: Final = 1 << 60
 
 
 def quote_ident(name: str) -> str:
@@ -135,10 +133,11 @@ def specs_for(declarations: Iterable[Declaration], max_keys: int | None,
 
 
 def column_types_statement(table: str) -> str:
-    """``(column name, type name)`` of ``table``'s columns (``typname``, e.g. ``int4``)."""
+    """``(column name, type name)`` of ``table``'s columns (``typname``, e.g. ``int4``); no
+    rows when the table does not exist."""
     return ("SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t "
             "ON t.oid = a.atttypid WHERE a.attrelid = "
-            f"{quote_literal(quote_table(table))}::regclass AND a.attnum > 0 "
+            f"to_regclass({quote_literal(quote_table(table))}) AND a.attnum > 0 "
             "AND NOT a.attisdropped")
 
 
@@ -229,7 +228,6 @@ def function_body(spec: TriggerSpec, column_types: Mapping[str, str]) -> str:
         "DECLARE",
         f"  ms bigint := {NOW_MS};",
         "  n bigint;",
-        "  m bigint;",
         "BEGIN",
     ]
     gate, notify = wake_sql("ms")
@@ -248,49 +246,42 @@ def function_body(spec: TriggerSpec, column_types: Mapping[str, str]) -> str:
             # Python refuses such keys (validate_key); so does the trigger (I7).
             cond = " OR ".join(f"{quote_ident(c)} ~ '[\\x01-\\x1f\\x7f-\\x9f]'"
                                for c in textual)
+            table = d.table.replace(chr(39), chr(39) * 2)
             for image in images:
                 lines.append(f"    IF EXISTS (SELECT 1 FROM {image} WHERE {cond}) THEN")
-                lines.append("      RAISE EXCEPTION 'reality: a key column of "
-                             f"{d.table.replace(chr(39), chr(39) * 2)} holds a control "
-                             "character; keys must not contain control characters' "
-                             "USING ERRCODE = '22023';")
+                lines.append(f"      RAISE EXCEPTION 'reality: a key column of {table} holds "
+                             "a control character; keys must not contain control "
+                             "characters' USING ERRCODE = '22023';")
+                lines.append("    END IF;")
+                longest = " OR ".join(f"length({expr}) > {MAX_KEY_LENGTH}"
+                                      for expr, _ in _image_keys(spec, image))
+                lines.append(f"    IF EXISTS (SELECT 1 FROM {image} WHERE {longest}) THEN")
+                lines.append(f"      RAISE EXCEPTION 'reality: a row of {table} makes a key "
+                             f"longer than {MAX_KEY_LENGTH} characters (the key rules); "
+                             "shorten the value or the template' USING ERRCODE = '22001';")
                 lines.append("    END IF;")
         if limit is not None and _image_keys(spec, "x"):
-            # Rows this transaction wrote to the table so far, in a transaction-local
-            # setting (a rolled-back savepoint takes its share back): past max_keys the
-            # statement appends the table's markers instead of one row per key, as the
-            # Python path's compaction does at COMMIT.
-            # The row count of this transaction so far (a transaction-local setting, so a
-            # rolled-back savepoint takes its share back). Once past max_keys the table is
-            # escalated: markers instead of one row per key, as the Python path's compaction
-            # does at COMMIT; the count is then set to ESCALATED and later statements append
-            # nothing more, their markers being in the log already (a key counts once per
-            # transaction). The INSERT itself checks the limit and returns the new count, so
-            # the common case costs one SQL statement (each costs microseconds per write).
-            count = f"(SELECT count(*) FROM (SELECT 1 FROM {images[-1]} LIMIT {limit + 1}) x)"
-            lines.append(f"    n := COALESCE(NULLIF(current_setting({counter}, true), ''), "
-                         "'0')::bigint;")
-            lines.append(f"    IF n >= {ESCALATED} THEN")
-            if op == "DELETE" and spec.cascade_keys:
-                lines.append("      " + _insert(_selects(spec, [], set(spec.cascade_keys))))
-            lines.append("      RETURN NULL;")
-            lines.append("    END IF;")
-            select = _selects(spec, images, always)
-            lines.append(f"    WITH ins AS (INSERT INTO {LOG_TABLE} (key_name, created_at) "
-                         f"SELECT * FROM ({select}) s WHERE n + {count} <= {limit} RETURNING 1) "
-                         f"SELECT n + {count} INTO m FROM ins LIMIT 1;")
-            # No row inserted: past the limit, or no key at all (all NULL, no table key).
-            lines.append("    IF NOT FOUND THEN")
-            lines.append(f"      IF n + {count} > {limit} THEN")
+            # Rows this transaction has written to the table so far, this statement's
+            # included: PostgreSQL's own per-transaction counters (function calls, no query;
+            # rows of rolled-back savepoints stay counted, which only escalates sooner). Past
+            # max_keys the statement appends the table's markers instead of one row per key,
+            # as the Python path's compaction does at COMMIT, and a transaction-local setting
+            # records it: later statements append nothing more, their markers being in the
+            # log already (a key counts once per transaction). A rolled-back savepoint takes
+            # the setting back with its markers.
+            lines.append("    n := pg_stat_get_xact_tuples_inserted(TG_RELID) + "
+                         "pg_stat_get_xact_tuples_updated(TG_RELID) + "
+                         "pg_stat_get_xact_tuples_deleted(TG_RELID);")
+            lines.append(f"    IF n > {limit} THEN")
+            lines.append(f"      IF current_setting({counter}, true) IS DISTINCT FROM 'x' THEN")
             lines.append("        " + _insert(_selects(spec, [], set(escalation) | always)))
-            lines.append(f"        PERFORM set_config({counter}, '{ESCALATED}', true);")
+            lines.append(f"        PERFORM set_config({counter}, 'x', true);")
+            if op == "DELETE" and spec.cascade_keys:
+                lines.append("      ELSE")
+                lines.append("        " + _insert(_selects(spec, [], set(spec.cascade_keys))))
             lines.append("      END IF;")
             lines.append("      RETURN NULL;")
             lines.append("    END IF;")
-            lines.append(f"    PERFORM set_config({counter}, m::text, true);")
-            lines.append("    RETURN NULL;")
-            lines.append("  END IF;")
-            continue
         lines.append("    " + _insert(_selects(spec, images, always)))
         lines.append("  END IF;")
     lines.append("  RETURN NULL;")
@@ -388,6 +379,14 @@ def create_plan(specs: Sequence[TriggerSpec], tables: Iterable[str] | None,
     table is checked before any DDL is returned, so a refused column changes nothing.
     Plugins run the statements in one transaction of their own."""
     statements: list[str] = []
+    log_columns = {as_text(name) for name, _ in column_types(column_types_statement(LOG_TABLE))}
+    if "txid" not in log_columns:
+        raise ConfigurationError(
+            (f"Reality's tables are missing ({LOG_TABLE} does not exist)" if not log_columns
+             else f"{LOG_TABLE} has no txid column (a store made by an older release)")
+            + ": run the plugin's create_tables() or \"reality migrate\" (alembic upgrade "
+            "reality@head) before create_triggers(); triggers without it would fail every "
+            "write to the tracked tables")
     for spec in pick(specs, tables):
         types = {as_text(name): as_text(typ)
                  for name, typ in column_types(column_types_statement(spec.table))}
@@ -399,9 +398,25 @@ def create_plan(specs: Sequence[TriggerSpec], tables: Iterable[str] | None,
     return statements
 
 
+def drop_targets(specs: Sequence[TriggerSpec], tables: Iterable[str] | None) -> list[str]:
+    """The tables :func:`drop_plan` acts on: every tracked table, or the names in ``tables``
+    — tracked or not, so triggers left on a table whose declaration is gone can be removed."""
+    if tables is None:
+        return [s.table for s in specs]
+    if isinstance(tables, str):
+        raise ConfigurationError(
+            f"tables= takes a list of table names, not the single string {tables!r}")
+    names = list(tables)
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ConfigurationError(f"tables= takes table names (strings), not {name!r}")
+    return names
+
+
 def drop_plan(specs: Sequence[TriggerSpec], tables: Iterable[str] | None) -> list[str]:
-    """The DDL that drops the triggers of ``specs`` (all, or those of ``tables``)."""
-    return [sql for spec in pick(specs, tables) for sql in drop_statements(spec.table)]
+    """The DDL that drops the triggers of every tracked table, or of the tables named in
+    ``tables`` (safe where there are none)."""
+    return [sql for table in drop_targets(specs, tables) for sql in drop_statements(table)]
 
 
 def pick(specs: Sequence[TriggerSpec], tables: Iterable[str] | None) -> list[TriggerSpec]:

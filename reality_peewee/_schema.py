@@ -11,7 +11,7 @@ from reality_core.catalog import check_max_keys
 from reality_core.errors import ConfigurationError
 from reality_core.reader import DBAPIReader
 from reality_core.store import create_table_statements, insert_epoch_statement
-from reality_core.triggers import TriggerSpec, create_plan, drop_plan, pick
+from reality_core.triggers import TriggerSpec, create_plan, drop_plan, drop_targets, pick
 
 from ._api import DEFAULT_MAX_KEYS, dialect_of, paramstyle_of, resolve, tracker_of
 from ._declarations import registry
@@ -160,6 +160,6 @@ def drop_triggers(database: peewee.Database | peewee.DatabaseProxy, *,
     their connections are replaced."""
     db = _postgres(database, "drop_triggers")
     specs = _trigger_specs(db, None)
-    done = [s.table for s in pick(specs, tables)]
-    _run_ddl(db, lambda query: drop_plan(specs, tables))
+    done = drop_targets(specs, tables)
+    _run_ddl(db, lambda query: drop_plan(specs, done))
     return done

@@ -21,7 +21,7 @@ from reality_core.store import (
     VERSIONS_TABLE,
     insert_epoch_statement,
 )
-from reality_core.triggers import TriggerSpec, create_plan, drop_plan, pick
+from reality_core.triggers import TriggerSpec, create_plan, drop_plan, drop_targets, pick
 
 metadata = sa.MetaData()
 
@@ -210,6 +210,6 @@ def drop_triggers(bind: sa.Engine | sa.Connection, *,
     keep believing the triggers are there until their connections are replaced."""
     conn = _trigger_bind(bind, "drop_triggers")
     specs = _trigger_specs(None)
-    done = [s.table for s in pick(specs, tables)]
-    _run_ddl(conn, lambda query: drop_plan(specs, tables))
+    done = drop_targets(specs, tables)
+    _run_ddl(conn, lambda query: drop_plan(specs, done))
     return done

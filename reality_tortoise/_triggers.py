@@ -14,11 +14,13 @@ from tortoise.backends.base.client import BaseDBAsyncClient
 
 from reality_core.catalog import check_max_keys
 from reality_core.errors import ConfigurationError
+from reality_core.store import LOG_TABLE
 from reality_core.triggers import (
     TriggerSpec,
     column_types_statement,
     create_plan,
     drop_plan,
+    drop_targets,
     pick,
 )
 
@@ -104,8 +106,8 @@ async def create_triggers(connection_name: str | None = None, *,
     async def plan(on: RealityTransaction) -> list[str]:
         # The core's planner asks for column types synchronously: read them all first.
         types: dict[str, Rows] = {}
-        for spec in chosen:
-            sql = column_types_statement(spec.table)
+        for table in [LOG_TABLE, *(spec.table for spec in chosen)]:  # ours is checked too
+            sql = column_types_statement(table)
             types[sql] = await on._reality_fetch(sql)
         return create_plan(specs, tables, types.__getitem__)
 
@@ -128,10 +130,10 @@ async def drop_triggers(connection_name: str | None = None, *,
     """
     client, tx = _client(connection_name, using_db, "drop_triggers")
     specs = _specs(client, None)
-    chosen = pick(specs, tables)
+    done = drop_targets(specs, tables)
 
     async def plan(on: RealityTransaction) -> list[str]:
-        return drop_plan(specs, tables)
+        return drop_plan(specs, done)
 
     await _run(client, tx, plan)
-    return [s.table for s in chosen]
+    return done

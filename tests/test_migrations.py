@@ -585,3 +585,30 @@ def test_c13_wheel_upgrades_a_postgres_user_project(
         assert _tables(url) == {"widgets", "alembic_version"}
     finally:
         dbs.drop_pg_database(url, pg_server_url)
+
+
+@pytest.mark.postgres
+def test_downgrading_to_base_removes_trigger_mode(pg_server_url: str) -> None:
+    """Left behind, triggers would write to a log that no longer exists: every write to the
+    tracked table would fail. Downgrading below reality_0003 drops them."""
+    from reality_core.keys import declare
+    from reality_core.triggers import TriggerSpec, trigger_statements
+
+    url = dbs.create_pg_database(pg_server_url)
+    try:
+        migrate.upgrade(url)
+        _query(url, "CREATE TABLE items (id integer PRIMARY KEY, room_id integer)")
+        decl = declare(owner="items", table="items", columns=["id", "room_id"],
+                       primary_key=["id"], keys=["room:{room_id}"])
+        for ddl in trigger_statements(TriggerSpec(decl, 1000),
+                                      {"id": "int4", "room_id": "int4"}):
+            _query(url, ddl)
+        _query(url, "INSERT INTO items VALUES (1, 1)")
+        assert _query(url, "SELECT count(*) FROM reality_log") == [(3,)]  # table, row, room
+        migrate.downgrade(url, "base")
+        assert _query(url, "SELECT count(*) FROM pg_trigger WHERE "
+                           "starts_with(tgname::text, 'reality_bump')") == [(0,)]
+        _query(url, "INSERT INTO items VALUES (2, 2)")  # the table works without Reality
+        assert _query(url, "SELECT count(*) FROM items") == [(2,)]
+    finally:
+        dbs.drop_pg_database(url, pg_server_url)

@@ -117,3 +117,22 @@ def test_the_bump_statement_notifies(pg_store: Store) -> None:
         pg_store.bump("a", "b")
         got = list(listener.notifies(timeout=2.0, stop_after=1))
     assert [n.channel for n in got] == [WAKE_CHANNEL]
+
+
+def test_an_open_transaction_does_not_hold_wakeups_back(pg_store: Store) -> None:
+    """A writer that won the notify gate and then sits in its transaction blocks only its
+    own 5 ms slot: other sessions' commits still wake the cache."""
+    cache = slow_cache(pg_store)
+    try:
+        time.sleep(0.2)
+        with psycopg.connect(pg_store.url.libpq()) as idle:
+            for sql, params in bump_statements("postgresql", ["held"], "pyformat"):
+                idle.execute(sql, params)  # wins a slot's lock; stays open
+            time.sleep(0.02)
+            t0 = time.monotonic()
+            pg_store.bump("room:9")  # another session, a later slot
+            wait_until(lambda: cache.read(["room:9"]).version("room:9") == 1, timeout=2.0)
+            assert time.monotonic() - t0 < 2.0 < SLOW
+            idle.rollback()
+    finally:
+        cache.close()

@@ -299,3 +299,50 @@ def test_a_control_character_in_a_text_key_column_fails_the_transaction(pg_url: 
             conn.commit()
         assert versions(reader, "tag:a:b%c", row_key("tags", [2])) == {
             "tag:a:b%c": 1, row_key("tags", [2]): 1}
+
+
+def test_create_triggers_refuses_a_database_without_reality_tables(pg_url: str) -> None:
+    """Triggers writing to a log that does not exist would fail every write to the table."""
+    with open_db("postgresql", pg_url) as (_, engine, _reader):
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP TABLE reality_log")
+        with pytest.raises(ConfigurationError, match="create_tables"):
+            reality_sqlalchemy.create_triggers(engine)
+        with engine.connect() as conn:
+            n = conn.exec_driver_sql(
+                "SELECT count(*) FROM pg_trigger "
+                "WHERE starts_with(tgname::text, 'reality_bump')").scalar()
+        assert n == 0
+
+
+class Note(_Flags):
+    __tablename__ = "notes"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    text: Mapped[str] = mapped_column(sa.Text)
+
+
+def test_a_key_too_long_fails_the_write_clearly(pg_url: str) -> None:
+    with open_db("postgresql", pg_url) as (url, engine, _reader):
+        reality_sqlalchemy.track(Note, keys=["note:{text}"])
+        Note.__table__.create(engine)  # type: ignore[attr-defined]
+        try:
+            reality_sqlalchemy.create_triggers(engine, tables=["notes"])
+            with psycopg.connect(DatabaseURL.parse(url).libpq()) as conn:
+                conn.execute("INSERT INTO notes (id, text) VALUES (1, %s)", ("x" * 90,))
+                with pytest.raises(psycopg.Error, match="longer than 256 characters"):
+                    conn.execute("UPDATE notes SET text = %s WHERE id = 1", ("y" * 300,))
+        finally:
+            Note.__table__.drop(engine)  # type: ignore[attr-defined]
+
+
+def test_drop_triggers_removes_those_of_a_table_no_longer_declared(trig: Any) -> None:
+    _, engine, _reader, _maker = trig
+    reality_sqlalchemy.registry.clear()  # the model's declaration is gone
+    assert reality_sqlalchemy.drop_triggers(engine, tables=["orders"]) == ["orders"]
+    with engine.connect() as conn:
+        n = conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'orders'::regclass "
+            "AND starts_with(tgname::text, 'reality_bump')").scalar()
+    assert n == 0
+    with pytest.raises(ConfigurationError, match="table names"):
+        reality_sqlalchemy.drop_triggers(engine, tables=[3])  # type: ignore[list-item]
