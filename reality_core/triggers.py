@@ -63,6 +63,8 @@ EVENTS: Final = (
 TEXT_SAFE: Final = frozenset({"int2", "int4", "int8", "text", "varchar", "uuid"})
 _TEXTUAL: Final = frozenset({"text", "varchar"})
 _COMMENT_PREFIX: Final = "reality trigger "
+#: The transaction-local row count once a table has escalated (far above any max_keys).
+ESCALATED: Final = 1 << 60
 
 
 def quote_ident(name: str) -> str:
@@ -262,24 +264,26 @@ def function_body(spec: TriggerSpec, column_types: Mapping[str, str]) -> str:
                 lines.append("    END IF;")
         if limit is not None and _image_keys(spec, "x"):
             # Rows this transaction has written to the table so far, this statement's
-            # included: PostgreSQL's own per-transaction counters (function calls, no query;
-            # rows of rolled-back savepoints stay counted, which only escalates sooner). Past
-            # max_keys the statement appends the table's markers instead of one row per key,
-            # as the Python path's compaction does at COMMIT, and a transaction-local setting
-            # records it: later statements append nothing more, their markers being in the
-            # log already (a key counts once per transaction). A rolled-back savepoint takes
-            # the setting back with its markers.
-            lines.append("    n := pg_stat_get_xact_tuples_inserted(TG_RELID) + "
-                         "pg_stat_get_xact_tuples_updated(TG_RELID) + "
-                         "pg_stat_get_xact_tuples_deleted(TG_RELID);")
-            lines.append(f"    IF n > {limit} THEN")
-            lines.append(f"      IF current_setting({counter}, true) IS DISTINCT FROM 'x' THEN")
-            lines.append("        " + _insert(_selects(spec, [], set(escalation) | always)))
-            lines.append(f"        PERFORM set_config({counter}, 'x', true);")
+            # included, kept in a transaction-local setting: one statement reads, adds to and
+            # stores it (a rolled-back savepoint takes its share back). (Not PostgreSQL's
+            # pg_stat_get_xact_* counters: they also hold earlier transactions' counts until
+            # the backend flushes its statistics, so busy single-row writers escalated.)
+            # Past max_keys the statement appends the table's markers instead of one row per
+            # key, as the Python path's compaction does at COMMIT, and the count becomes
+            # ESCALATED: later statements append nothing more, their markers being in the
+            # log already (a key counts once per transaction).
+            lines.append(f"    n := set_config({counter}, (COALESCE(NULLIF(current_setting("
+                         f"{counter}, true), ''), '0')::bigint + (SELECT count(*) FROM "
+                         f"(SELECT 1 FROM {images[-1]} LIMIT {limit + 1}) x))::text, "
+                         "true)::bigint;")
+            lines.append(f"    IF n >= {ESCALATED} THEN")
             if op == "DELETE" and spec.cascade_keys:
-                lines.append("      ELSE")
-                lines.append("        " + _insert(_selects(spec, [], set(spec.cascade_keys))))
-            lines.append("      END IF;")
+                lines.append("      " + _insert(_selects(spec, [], set(spec.cascade_keys))))
+            lines.append("      RETURN NULL;")
+            lines.append("    END IF;")
+            lines.append(f"    IF n > {limit} THEN")
+            lines.append("      " + _insert(_selects(spec, [], set(escalation) | always)))
+            lines.append(f"      PERFORM set_config({counter}, '{ESCALATED}', true);")
             lines.append("      RETURN NULL;")
             lines.append("    END IF;")
         lines.append("    " + _insert(_selects(spec, images, always)))

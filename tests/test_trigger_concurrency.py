@@ -171,3 +171,25 @@ def test_each_sampler_sees_versions_only_rise(url: str) -> None:
         assert reader.read([HOT]).version(HOT) == 60
     finally:
         reader.close()
+
+
+def test_many_small_transactions_on_one_connection_never_escalate(url: str) -> None:
+    """The escalation limit counts rows of one transaction. (PostgreSQL's
+    pg_stat_get_xact_* counters also hold earlier transactions' rows until the backend
+    flushes its statistics: counting with them escalated busy single-row writers.)"""
+    with psycopg.connect(url) as conn:
+        for i in range(1500):  # more rows than max_keys (1000), one per transaction
+            conn.execute("INSERT INTO orders VALUES (%s, %s)", (i, i % 7))
+            conn.commit()
+        markers = conn.execute(f"SELECT count(*) FROM {LOG_TABLE} "
+                               "WHERE starts_with(key_name::text, '$esc:')").fetchone()
+        conn.commit()
+    assert markers == (0,)
+    reader = DBAPIReader.from_url(url, fold_threshold=None)
+    try:
+        snap = reader.read([HOT, row_key("orders", [1499]), row_key("orders", [99999])])
+        assert snap.version(HOT) == 1500
+        assert snap.version(row_key("orders", [1499])) == 1
+        assert snap.version(row_key("orders", [99999])) == 0  # never written, not escalated
+    finally:
+        reader.close()
