@@ -68,7 +68,7 @@ DEFAULT_INTERVAL: Final = 0.06
 #: Seconds between polls while a LISTEN connection brings wake-ups (PostgreSQL).
 DEFAULT_IDLE_INTERVAL: Final = 0.25
 #: Refreshes that may follow each other at once after a quiet spell (token bucket).
-BURST: Final = 2.0
+BURST: Final = 3.0
 #: One statement of a refresh running this long is stuck (a connection that went silent: no
 #: reply, no reset; reads time out after 3 s on the server, which cannot help when the reply
 #: never arrives). A new refresh thread takes over; the stuck one is abandoned and its result
@@ -418,14 +418,23 @@ class VersionCache:
         """Wait until the next refresh may start: a wake-up or the poll deadline (the idle
         interval while the listener is connected, else ``interval``), then a token (one
         per ``interval``, ``BURST`` at most), so wake-ups make refreshes come sooner but
-        never more often than one per ``interval`` on average. Returns the tokens left."""
+        never more often than one per ``interval`` on average. Returns the tokens left.
+
+        After a woken refresh comes one more, an interval later, when the budget has room
+        (two tokens: a wake-up must never wait for a follow-up's token): only one commit per
+        store.WAKE_GAP_MS slot notifies, so one just after a notifying one, or one whose
+        transaction tried the gate in a slot already taken, sent nothing."""
         listening = self.listener is not None and self.listener.listening
-        # After a woken refresh, one more an interval later: a session notifies at most
-        # every store.WAKE_GAP_MS, so a commit right after a notifying one sent nothing.
-        poll = self.idle_interval if listening and not self._follow_up else self.interval
-        self._follow_up = self._wake.wait(max(0.0, last + poll - time.monotonic()))
+        follow_up = listening and self._follow_up
+        poll = self.interval if not listening or follow_up else self.idle_interval
+        woken = self._wake.wait(max(0.0, last + poll - time.monotonic()))
         now = time.monotonic()
         tokens = min(BURST, tokens + (now - last) / self.interval)
+        if follow_up and not woken and tokens < 2.0:
+            woken = self._wake.wait(max(0.0, last + self.idle_interval - now))
+            now = time.monotonic()
+            tokens = min(BURST, tokens + (now - last) / self.interval)
+        self._follow_up = woken
         if tokens < 1.0:
             self._stop.wait((1.0 - tokens) * self.interval)
             tokens = 1.0

@@ -62,31 +62,26 @@ Params = Sequence[Any] | Mapping[str, Any]
 #: PostgreSQL: a bump also sends ``NOTIFY reality`` so server caches refresh at once
 #: (:mod:`reality_core.wakeups`). A notifying transaction holds a database-wide lock through
 #: its COMMIT, which serialises every notifying commit (measured here: 8 writers kept 71 %
-#: of their throughput, 32 kept 51 %), so a bump notifies only when it wins this advisory
-#: lock at once (one notifying transaction per 5 ms slot, the others commit freely:
-#: measured, no loss), and a session notifies at most once per WAKE_GAP_MS (a busy writer
-#: does not pay for a NOTIFY per commit; the cache refreshes once more an interval after
-#: each wake-up, so a commit just after a notifying one is seen then). Wake-ups are a
-#: latency aid; the caches' polling never depends on them. ``wake_sql(ms)``: the condition
-#: and the action, given an SQL expression for the current time in milliseconds.
+#: of their throughput, 32 kept 51 %), so a bump notifies only when it wins an advisory lock
+#: at once: one lock per WAKE_GAP_MS time slot, so at most one notifying transaction per
+#: slot (measured: no loss), and a transaction that won one and then sits open holds back
+#: only its own slot. A commit that sent nothing is seen by the cache's next refresh: it
+#: refreshes once more shortly after each wake-up while its budget allows, and polls anyway.
+#: Wake-ups are a latency aid; the caches' polling never depends on them.
+#: ``wake_sql(ms)``: the condition and the action, given an SQL expression for the current
+#: time in milliseconds.
 WAKE_CHANNEL: Final = "reality"
-WAKE_LOCK: Final = (0x5245,)  # pg_try_advisory_xact_lock(21061, <time slot>): "RE"
+WAKE_LOCK: Final = 0x5245  # pg_try_advisory_xact_lock(21061, <time slot>): "RE"
 WAKE_GAP_MS: Final = 5
 NOW_MS: Final = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint"
 
 
 def wake_sql(ms: str) -> tuple[str, str]:
-    # The session's last wake-up first: AND evaluates left to right, so a session that
-    # notified a moment ago does not take the advisory lock at all. set_config(..., false)
-    # is undone with the transaction, like the NOTIFY.
-    # The lock is per WAKE_GAP_MS time slot: a transaction that won one and then sits open
-    # (idle in transaction, a long job) blocks only its own slot, and commits in later slots
-    # still wake the caches. At most one notifying transaction per slot.
-    last = "COALESCE(NULLIF(current_setting('reality.woke', true), ''), '0')::bigint"
     slot = f"mod(({ms}) / {WAKE_GAP_MS}, 2147483647)::int"  # (no '%': drivers read it)
-    return (f"{last} <= {ms} - {WAKE_GAP_MS} AND "
-            f"pg_try_advisory_xact_lock({WAKE_LOCK[0]}, {slot})",
-            f"pg_notify('{WAKE_CHANNEL}', ''), set_config('reality.woke', ({ms})::text, false)")
+    return (f"pg_try_advisory_xact_lock({WAKE_LOCK}, {slot})",
+            f"pg_notify('{WAKE_CHANNEL}', '')")
+
+
 #: The writing transaction's id, as reality_log.txid's default on PostgreSQL: trigger-mode
 #: bumps and Python bumps of one transaction share it, and a key counts once per txid.
 CURRENT_TXID: Final = "pg_current_xact_id()::text::bigint"
@@ -240,9 +235,7 @@ def bump_statements(
         if dialect == "postgresql" and start == 0:
             # An uncorrelated scalar subquery runs once per statement (an InitPlan).
             gate, notify = wake_sql(NOW_MS)
-            first, second = notify.split(", set_config", 1)
-            sql += (f" RETURNING (SELECT CASE WHEN {gate} THEN {first}::text || "
-                    f"set_config{second} END)")
+            sql += f" RETURNING (SELECT CASE WHEN {gate} THEN {notify}::text END)"
         out.append((sql, ph.params))
     return out
 
