@@ -391,14 +391,20 @@ def create_plan(specs: Sequence[TriggerSpec], tables: Iterable[str] | None,
             + ": run the plugin's create_tables() or \"reality migrate\" (alembic upgrade "
             "reality@head) before create_triggers(); triggers without it would fail every "
             "write to the tracked tables")
+    problems: list[str] = []
     for spec in pick(specs, tables):
         types = {as_text(name): as_text(typ)
                  for name, typ in column_types(column_types_statement(spec.table))}
         if not types:
-            raise ConfigurationError(
-                f"{spec.declaration.owner}: table {spec.table} does not exist; create it "
-                "(run your migrations) before its triggers")
-        statements += trigger_statements(spec, types)
+            problems.append(f"{spec.declaration.owner}: table {spec.table} does not exist; "
+                            "create it (run your migrations) before its triggers")
+            continue
+        try:
+            statements += trigger_statements(spec, types)
+        except ConfigurationError as exc:
+            problems.append(exc.message)
+    if problems:  # every table's problem at once, not one per attempt
+        raise ConfigurationError("; ".join(problems))
     return statements
 
 

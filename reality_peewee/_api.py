@@ -34,19 +34,20 @@ def paramstyle_of(database: peewee.Database) -> str:
     return "qmark" if database.param == "?" else "format"
 
 
-def resolve(database: Any) -> peewee.Database:
-    """The database behind a ``DatabaseProxy``, refusing what the plugin cannot track."""
+def resolve(database: Any, verb: str = "install") -> peewee.Database:
+    """The database behind a ``DatabaseProxy``, refusing what the plugin cannot track;
+    ``verb`` names the public function in the messages."""
     if isinstance(database, peewee.Proxy):
         target = database.obj
         if target is None:
             raise ConfigurationError(
                 "this DatabaseProxy is not initialized yet: call proxy.initialize(db) "
-                "before reality_peewee.install(proxy)"
+                f"before reality_peewee.{verb}(proxy)"
             )
         database = target
     if not isinstance(database, peewee.Database):
         raise ConfigurationError(
-            f"install() takes a peewee Database (or an initialized DatabaseProxy), not "
+            f"{verb}() takes a peewee Database (or an initialized DatabaseProxy), not "
             f"{type(database).__name__}"
         )
     if any(c.__module__ == "playhouse.pwasyncio" for c in type(database).__mro__):

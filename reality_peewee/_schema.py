@@ -29,7 +29,7 @@ def create_tables(database: peewee.Database | peewee.DatabaseProxy) -> None:
     The tables are the very ones ``reality migrate`` (alembic) creates: same columns, types,
     collation and constraint names. Safe to run on every start.
     """
-    db: Any = resolve(database)
+    db: Any = resolve(database, "create_tables")
     dialect = dialect_of(db)
     with db.atomic():
         for statement in create_table_statements(dialect):
@@ -48,7 +48,7 @@ def version_reader(database: peewee.Database | peewee.DatabaseProxy, *,
 
         service = SyncService(reality_peewee.version_reader(db))
     """
-    db = resolve(database)
+    db = resolve(database, "version_reader")
     dialect = dialect_of(db)
     return DBAPIReader(lambda: _connect(db), paramstyle=paramstyle_of(db), pool_size=pool_size,
                        description=f"{dialect} via peewee {type(db).__name__}({db.database!r})")
@@ -77,7 +77,7 @@ _INSTALLED: Any = object()  # max_keys default: the setting install() was given
 
 
 def _postgres(database: peewee.Database | peewee.DatabaseProxy, verb: str) -> Any:
-    db = resolve(database)
+    db = resolve(database, verb)
     dialect = dialect_of(db)
     if dialect != "postgresql":
         raise ConfigurationError(
