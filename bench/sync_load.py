@@ -125,6 +125,7 @@ if str(_ROOT) not in sys.path:  # run from a source checkout without installing
 
 import psycopg  # noqa: E402
 
+from reality_core.cache import DEFAULT_INTERVAL  # noqa: E402
 from reality_core.reader import DBAPIReader  # noqa: E402
 from reality_core.store import (  # noqa: E402
     LOG_TABLE,
@@ -1014,8 +1015,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--known", type=int, default=100, help="keys per request (100)")
     p.add_argument("--stale", type=float, default=0.10, help="stale fraction (0.10)")
     p.add_argument("--bodies", type=int, default=16, help="distinct bodies wrk rotates (16)")
-    p.add_argument("--refresh-interval", type=float, default=0.05,
-                   help="cached servers' --refresh-interval (0.05)")
+    p.add_argument("--refresh-interval", type=float, default=DEFAULT_INTERVAL,
+                   help="cached servers' --refresh-interval (default: reality serve's, "
+                        f"{DEFAULT_INTERVAL})")
     p.add_argument("--probes", type=int, default=None, help="visibility commits (200; quick 50)")
     p.add_argument("--mutation-probes", type=int, default=None, help="(20; quick 10)")
     p.add_argument("--max-in-flight", type=int, default=4, help="overload server's limit (4)")
