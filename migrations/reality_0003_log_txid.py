@@ -64,6 +64,9 @@ def downgrade() -> None:
         # Trigger mode needs this revision; left behind, its triggers would fail every write
         # to the tracked tables once the log is gone (downgrade to base).
         op.execute(sa.text(DROP_TRIGGER_FUNCTIONS))
+        # Without txid every log row counts once: keep one row per key and transaction.
+        op.execute(sa.text(f"DELETE FROM {LOG} a USING {LOG} b WHERE a.txid = b.txid "
+                           "AND a.key_name = b.key_name AND a.id > b.id"))
         op.execute(sa.text(f"ALTER TABLE {LOG} REPLICA IDENTITY DEFAULT"))
         op.create_primary_key(f"pk_{LOG}", LOG, ["id"])
     with op.batch_alter_table(LOG) as batch:

@@ -26,7 +26,9 @@ Contract and limits:
   :func:`trigger_statements` refuses any other type, naming the column.
 * Once a transaction has written more than ``max_keys`` rows of a table, its statements
   escalate the table instead (every derived key reads as changed), as the Python path does:
-  a 100,000-row UPDATE appends a handful of log rows, not 100,000. The trigger counts rows,
+  a 100,000-row UPDATE appends a handful of log rows, not 100,000. Keys the transaction's
+  earlier statements appended one by one are deleted then (the markers cover them), so every
+  key still moves by exactly one. The trigger counts rows,
   the Python path keys of a kind; both over-, never under-invalidate.
 * Dropping a trigger by hand while processes run leaves those processes believing the table
   is covered until they reconnect: use ``drop_triggers()`` and restart the app processes.
@@ -44,8 +46,15 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from .errors import ConfigurationError
-from .keys import MAX_KEY_LENGTH, ROW_PREFIX, TABLE_PREFIX, Declaration, KeyTemplate
-from .store import LOG_TABLE, NOW_MS, as_text, wake_sql
+from .keys import (
+    ESCALATION_PREFIX,
+    MAX_KEY_LENGTH,
+    ROW_PREFIX,
+    TABLE_PREFIX,
+    Declaration,
+    KeyTemplate,
+)
+from .store import CURRENT_TXID, LOG_TABLE, NOW_MS, as_text, wake_sql
 
 log = logging.getLogger("reality.triggers")
 
@@ -282,6 +291,15 @@ def function_body(spec: TriggerSpec, column_types: Mapping[str, str]) -> str:
             lines.append("      RETURN NULL;")
             lines.append("    END IF;")
             lines.append(f"    IF n > {limit} THEN")
+            # Keys this transaction's earlier statements appended one by one are covered by
+            # the markers now: take them back, so each still moves by one, not two.
+            prefixes = sorted(k[len(ESCALATION_PREFIX):] for k in escalation
+                              if k.startswith(ESCALATION_PREFIX))
+            if prefixes:
+                covered = " OR ".join(f"starts_with(key_name::text, {quote_literal(p)})"
+                                      for p in prefixes)
+                lines.append(f"      DELETE FROM {LOG_TABLE} WHERE txid = {CURRENT_TXID} "
+                             f"AND ({covered});")
             lines.append("      " + _insert(_selects(spec, [], set(escalation) | always)))
             lines.append(f"      PERFORM set_config({counter}, '{ESCALATED}', true);")
             lines.append("      RETURN NULL;")

@@ -612,3 +612,24 @@ def test_downgrading_to_base_removes_trigger_mode(pg_server_url: str) -> None:
         assert _query(url, "SELECT count(*) FROM items") == [(2,)]
     finally:
         dbs.drop_pg_database(url, pg_server_url)
+
+
+@pytest.mark.postgres
+def test_downgrading_below_txid_keeps_one_log_row_per_key_and_transaction(
+        pg_server_url: str) -> None:
+    url = dbs.create_pg_database(pg_server_url)
+    try:
+        migrate.upgrade(url)
+        _query(url, "INSERT INTO reality_log (key_name, created_at) "
+                    "VALUES ('room:1', 0), ('room:1', 0), ('room:2', 0)")  # one transaction
+        migrate.downgrade(url, "reality_0002")
+        assert _query(url, "SELECT key_name, count(*) FROM reality_log GROUP BY key_name "
+                           "ORDER BY key_name") == [("room:1", 1), ("room:2", 1)]
+        migrate.upgrade(url)
+        reader = DBAPIReader.from_url(url, fold_threshold=None)
+        try:
+            assert reader.read(["room:1"]).version("room:1") == 1
+        finally:
+            reader.close()
+    finally:
+        dbs.drop_pg_database(url, pg_server_url)

@@ -193,3 +193,25 @@ def test_many_small_transactions_on_one_connection_never_escalate(url: str) -> N
         assert snap.version(row_key("orders", [99999])) == 0  # never written, not escalated
     finally:
         reader.close()
+
+
+def test_escalating_midway_moves_each_key_by_one(url: str) -> None:
+    """Statements that keyed rows one by one, then one that crosses max_keys: the markers
+    cover the earlier keys, which are taken back, so every key moves by exactly one."""
+    with psycopg.connect(url) as conn:
+        conn.execute("INSERT INTO orders SELECT g, g % 5 FROM generate_series(1, 1600) g")
+        conn.commit()
+    reader = DBAPIReader.from_url(url, fold_threshold=None)
+    probe = [HOT, row_key("orders", [1]), row_key("orders", [500]), row_key("orders", [1599]),
+             "room:1", "room:3", "room:77"]
+    try:
+        before = reader.read(probe)
+        with psycopg.connect(url) as conn:
+            for lo in range(1, 1601, 400):  # four statements of 400 rows in one transaction
+                conn.execute("UPDATE orders SET room_id = room_id WHERE id >= %s AND id < %s",
+                             (lo, lo + 400))
+            conn.commit()
+        after = reader.read(probe)
+        assert {k: after.version(k) - before.version(k) for k in probe} == dict.fromkeys(probe, 1)
+    finally:
+        reader.close()
