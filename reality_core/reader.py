@@ -321,8 +321,10 @@ def _tables_missing(exc: Exception) -> bool:
 
 def _store_error(exc: Exception) -> StoreError:
     if _tables_missing(exc):
+        what = ("out of date (a column is missing: a store made by an older release)"
+                if "column" in str(exc).lower() else "missing")
         return StoreError(
-            "the Reality tables are missing: run \"reality migrate --database-url ...\""
+            f"the Reality tables are {what}: run \"reality migrate --database-url ...\""
             f" or create_tables() ({exc})"
         )
     return StoreUnavailable(f"version store query failed: {exc}")
