@@ -164,18 +164,26 @@ class DBAPIReader:
         """Fold in a one-shot background thread, unless one is already folding: a read
         that counted many log rows means the log is due for folding, and the reader pays
         nothing for it."""
-        if not self._folding.acquire(blocking=False):
-            return
+        self._in_background(self._folding, self.fold_and_vacuum, "fold")
+
+    def _in_background(self, busy: threading.Lock, work: Callable[[], object],
+                       what: str) -> bool:
+        """Run ``work`` in a one-shot daemon thread unless ``busy`` is held (one at a time);
+        a store error is logged, not raised. Returns whether a thread was started."""
+        if not busy.acquire(blocking=False):
+            return False
 
         def run() -> None:
             try:
-                self.fold_and_vacuum()
+                work()
             except StoreError as exc:
-                log.warning("folding the version log failed: %s", exc.message)
+                log.warning("the background %s of the version log failed: %s", what,
+                            exc.message)
             finally:
-                self._folding.release()
+                busy.release()
 
-        threading.Thread(target=run, name="reality-fold", daemon=True).start()
+        threading.Thread(target=run, name=f"reality-{what}", daemon=True).start()
+        return True
 
     def ping(self) -> None:
         self.read(())
@@ -214,19 +222,7 @@ class DBAPIReader:
         if self.dialect != "postgresql" or \
                 time.monotonic() - self._vacuumed < VACUUM_INTERVAL:
             return False
-        if not self._vacuuming.acquire(blocking=False):
-            return False
-
-        def run() -> None:
-            try:
-                self.vacuum_if_due()
-            except StoreError as exc:
-                log.warning("vacuuming the version log failed: %s", exc.message)
-            finally:
-                self._vacuuming.release()
-
-        threading.Thread(target=run, name="reality-vacuum", daemon=True).start()
-        return True
+        return self._in_background(self._vacuuming, self.vacuum_if_due, "vacuum")
 
     def vacuum_if_due(self, min_interval: float = VACUUM_INTERVAL) -> bool:
         """After folding, on PostgreSQL: ``VACUUM`` the log and the counts, at most every

@@ -152,10 +152,6 @@ def column_types_statement(table: str) -> str:
             "AND NOT a.attisdropped")
 
 
-def _text(column_sql: str) -> str:
-    return f"{column_sql}::text"
-
-
 def _part(column_sql: str) -> str:
     # Python's keys._encode_part: '%' first, then ':'. (E'\\x25' is '%': DB-API drivers
     # given no parameters may still read a bare percent sign as a placeholder.)
@@ -169,13 +165,14 @@ def _template_sql(template: KeyTemplate, d: Declaration) -> str:
         if literal:
             pieces.append(quote_literal(literal))
         if name is not None:
-            pieces.append(_text(quote_ident(d.sql_name(name))))
+            pieces.append(f"{quote_ident(d.sql_name(name))}::text")
     return " || ".join(pieces) if pieces else quote_literal(template.pattern)
 
 
-def _image_keys(spec: TriggerSpec, image: str) -> list[tuple[str, str]]:
-    """(expression, NULL-check) pairs of the keys one row image yields, as SELECT branches
-    over the transition table ``image``. A NULL field gives no key (``render`` -> None)."""
+def _row_keys(spec: TriggerSpec) -> list[tuple[str, str]]:
+    """(expression, NULL-check) pairs of the keys one row yields, over the columns of a
+    transition table. A NULL field gives no key (``render`` -> None). Field-less templates
+    are the same for every row: they are among the statement's fixed keys instead."""
     d = spec.declaration
     out: list[tuple[str, str]] = []
     if d.row_keys and d.primary_key:
@@ -183,12 +180,10 @@ def _image_keys(spec: TriggerSpec, image: str) -> list[tuple[str, str]]:
             _part(quote_ident(d.sql_name(c))) for c in d.primary_key)
         out.append((expr, ""))
     for template in d.templates:
-        if not template.fields:
-            out.append((quote_literal(template.pattern), ""))
-            continue
-        nulls = " AND ".join(f"{quote_ident(d.sql_name(f))} IS NOT NULL"
-                             for f in template.fields)
-        out.append((_template_sql(template, d), nulls))
+        if template.fields:
+            nulls = " AND ".join(f"{quote_ident(d.sql_name(f))} IS NOT NULL"
+                                 for f in template.fields)
+            out.append((_template_sql(template, d), nulls))
     for column, other, _ in d.links:
         col = quote_ident(d.sql_name(column))
         out.append((quote_literal(f"{ROW_PREFIX}{other}:") + f" || {_part(col)}",
@@ -199,8 +194,9 @@ def _image_keys(spec: TriggerSpec, image: str) -> list[tuple[str, str]]:
 def _selects(spec: TriggerSpec, images: Sequence[str], fixed: Iterable[str]) -> str:
     """One SELECT of ``(key, ms)``: the ``fixed`` keys and every key of each image."""
     branches = [f"SELECT {quote_literal(k)}, ms" for k in sorted(fixed)]
+    row_keys = _row_keys(spec)
     for image in images:
-        for expr, notnull in _image_keys(spec, image):
+        for expr, notnull in row_keys:
             where = f" WHERE {notnull}" if notnull else ""
             branches.append(f"SELECT {expr}, ms FROM {image}{where}")
     # UNION ALL: a key twice in one statement is counted once anyway (once per txid), and
@@ -265,13 +261,13 @@ def function_body(spec: TriggerSpec, column_types: Mapping[str, str]) -> str:
                              "characters' USING ERRCODE = '22023';")
                 lines.append("    END IF;")
                 longest = " OR ".join(f"length({expr}) > {MAX_KEY_LENGTH}"
-                                      for expr, _ in _image_keys(spec, image))
+                                      for expr, _ in _row_keys(spec))
                 lines.append(f"    IF EXISTS (SELECT 1 FROM {image} WHERE {longest}) THEN")
                 lines.append(f"      RAISE EXCEPTION 'reality: a row of {table} makes a key "
                              f"longer than {MAX_KEY_LENGTH} characters (the key rules); "
                              "shorten the value or the template' USING ERRCODE = '22001';")
                 lines.append("    END IF;")
-        if limit is not None and _image_keys(spec, "x"):
+        if limit is not None and _row_keys(spec):
             # Rows this transaction has written to the table so far, this statement's
             # included, kept in a transaction-local setting: one statement reads, adds to and
             # stores it (a rolled-back savepoint takes its share back). (Not PostgreSQL's
@@ -429,8 +425,16 @@ def create_plan(specs: Sequence[TriggerSpec], tables: Iterable[str] | None,
 def drop_targets(specs: Sequence[TriggerSpec], tables: Iterable[str] | None) -> list[str]:
     """The tables :func:`drop_plan` acts on: every tracked table, or the names in ``tables``
     — tracked or not, so triggers left on a table whose declaration is gone can be removed."""
-    if tables is None:
-        return [s.table for s in specs]
+    return [s.table for s in specs] if tables is None else _table_names(tables)
+
+
+def drop_plan(specs: Sequence[TriggerSpec], tables: Iterable[str] | None) -> list[str]:
+    """The DDL that drops the triggers of every tracked table, or of the tables named in
+    ``tables`` (safe where there are none)."""
+    return [sql for table in drop_targets(specs, tables) for sql in drop_statements(table)]
+
+
+def _table_names(tables: Iterable[str]) -> list[str]:
     if isinstance(tables, str):
         raise ConfigurationError(
             f"tables= takes a list of table names, not the single string {tables!r}")
@@ -441,22 +445,13 @@ def drop_targets(specs: Sequence[TriggerSpec], tables: Iterable[str] | None) -> 
     return names
 
 
-def drop_plan(specs: Sequence[TriggerSpec], tables: Iterable[str] | None) -> list[str]:
-    """The DDL that drops the triggers of every tracked table, or of the tables named in
-    ``tables`` (safe where there are none)."""
-    return [sql for table in drop_targets(specs, tables) for sql in drop_statements(table)]
-
-
 def pick(specs: Sequence[TriggerSpec], tables: Iterable[str] | None) -> list[TriggerSpec]:
     """The specs of ``tables`` (every spec when ``None``); an untracked name is refused."""
     if tables is None:
         return list(specs)
-    if isinstance(tables, str):
-        raise ConfigurationError(
-            f"tables= takes a list of table names, not the single string {tables!r}")
     by_table = {s.table: s for s in specs}
     out = []
-    for name in tables:
+    for name in _table_names(tables):
         spec = by_table.get(name)
         if spec is None:
             raise ConfigurationError(

@@ -50,6 +50,19 @@ def url(pg_server_url: str) -> Iterator[str]:
         dbs.drop_pg_database(db, pg_server_url)
 
 
+def sample_hot(url: str, stop: threading.Event, samples: list[int],
+               errors: list[BaseException]) -> None:
+    """Read the hot key's version over and over until ``stop`` (a reader thread)."""
+    reader = DBAPIReader.from_url(url, fold_threshold=None)
+    try:
+        while not stop.is_set():
+            samples.append(reader.read([HOT]).version(HOT))
+    except BaseException as exc:
+        errors.append(exc)
+    finally:
+        reader.close()
+
+
 def test_hot_key_writers_with_multi_statement_transactions_folders_and_readers(
         url: str) -> None:
     writers, per_writer = 6, 30
@@ -93,19 +106,10 @@ def test_hot_key_writers_with_multi_statement_transactions_folders_and_readers(
         except BaseException as exc:
             errors.append(exc)
 
-    def sampler(mine: list[int]) -> None:
-        reader = DBAPIReader.from_url(url, fold_threshold=None)
-        try:
-            while not stop.is_set():
-                mine.append(reader.read([HOT]).version(HOT))
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            reader.close()
-
     threads = [threading.Thread(target=writer, args=(n,)) for n in range(writers)]
     helpers = [threading.Thread(target=folder),
-               *(threading.Thread(target=sampler, args=(mine,)) for mine in seen)]
+               *(threading.Thread(target=sample_hot, args=(url, stop, mine, errors))
+                 for mine in seen)]
     for t in threads + helpers:
         t.start()
     for t in threads:
@@ -143,17 +147,7 @@ def test_each_sampler_sees_versions_only_rise(url: str) -> None:
     samples: list[int] = []
     errors: list[BaseException] = []
 
-    def sampler() -> None:
-        reader = DBAPIReader.from_url(url, fold_threshold=None)
-        try:
-            while not stop.is_set():
-                samples.append(reader.read([HOT]).version(HOT))
-        except BaseException as exc:
-            errors.append(exc)
-        finally:
-            reader.close()
-
-    thread = threading.Thread(target=sampler)
+    thread = threading.Thread(target=sample_hot, args=(url, stop, samples, errors))
     thread.start()
     with psycopg.connect(url) as conn, psycopg.connect(url, autocommit=True) as folder:
         for i in range(60):

@@ -90,6 +90,15 @@ class _LogInserts:
         dbapi_conn.cursor = cursor
 
 
+def reality_triggers(engine: sa.Engine, where: str = "true") -> int:
+    """How many Reality triggers the database holds (``where``: more pg_trigger filters)."""
+    with engine.connect() as conn:
+        n: int = conn.exec_driver_sql(
+            "SELECT count(*) FROM pg_trigger "
+            f"WHERE starts_with(tgname::text, 'reality_bump') AND {where}").scalar_one()
+    return n
+
+
 def log_rows(url: str) -> list[tuple[str, int]]:
     with psycopg.connect(DatabaseURL.parse(url).libpq()) as conn:
         return [(k, int(t)) for k, t in conn.execute(
@@ -274,10 +283,7 @@ def test_an_unsupported_key_column_type_is_refused_and_nothing_is_created(pg_url
         try:
             with pytest.raises(ConfigurationError, match=r"flags\.on is bool"):
                 reality_sqlalchemy.create_triggers(engine)
-            with engine.connect() as conn:
-                n = conn.exec_driver_sql(
-                    "SELECT count(*) FROM pg_trigger "
-                    "WHERE starts_with(tgname::text, 'reality_bump')").scalar()
+            n = reality_triggers(engine)
             assert n == 0  # orders came first in the plan, but nothing ran
             # The other tables can still go to trigger mode, this one stays on Python.
             done = reality_sqlalchemy.create_triggers(engine, tables=["orders"])
@@ -307,11 +313,7 @@ def test_create_triggers_refuses_a_database_without_reality_tables(pg_url: str) 
             conn.exec_driver_sql("DROP TABLE reality_log")
         with pytest.raises(ConfigurationError, match="create_tables"):
             reality_sqlalchemy.create_triggers(engine)
-        with engine.connect() as conn:
-            n = conn.exec_driver_sql(
-                "SELECT count(*) FROM pg_trigger "
-                "WHERE starts_with(tgname::text, 'reality_bump')").scalar()
-        assert n == 0
+        assert reality_triggers(engine) == 0
 
 
 class Note(_Flags):
@@ -338,10 +340,6 @@ def test_drop_triggers_removes_those_of_a_table_no_longer_declared(trig: Any) ->
     _, engine, _reader, _maker = trig
     reality_sqlalchemy.registry.clear()  # the model's declaration is gone
     assert reality_sqlalchemy.drop_triggers(engine, tables=["orders"]) == ["orders"]
-    with engine.connect() as conn:
-        n = conn.exec_driver_sql(
-            "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'orders'::regclass "
-            "AND starts_with(tgname::text, 'reality_bump')").scalar()
-    assert n == 0
+    assert reality_triggers(engine, "tgrelid = 'orders'::regclass") == 0
     with pytest.raises(ConfigurationError, match="table names"):
         reality_sqlalchemy.drop_triggers(engine, tables=[3])  # type: ignore[list-item]
