@@ -59,7 +59,7 @@ from .store import CURRENT_TXID, LOG_TABLE, NOW_MS, as_text, wake_sql
 log = logging.getLogger("reality.triggers")
 
 #: Bumped when the generated SQL changes shape: older triggers then read as stale.
-FORMAT: Final = 1
+FORMAT: Final = 2
 TRIGGER_PREFIX: Final = "reality_bump"
 #: (trigger name suffix, event, REFERENCING clause)
 EVENTS: Final = (
@@ -144,9 +144,9 @@ def specs_for(declarations: Iterable[Declaration], max_keys: int | None,
 
 
 def column_types_statement(table: str) -> str:
-    """``(column name, type name)`` of ``table``'s columns (``typname``, e.g. ``int4``); no
-    rows when the table does not exist."""
-    return ("SELECT a.attname, t.typname FROM pg_attribute a JOIN pg_type t "
+    """``(column name, type name, NOT NULL)`` of ``table``'s columns (``typname``, e.g.
+    ``int4``); no rows when the table does not exist."""
+    return ("SELECT a.attname, t.typname, a.attnotnull FROM pg_attribute a JOIN pg_type t "
             "ON t.oid = a.atttypid WHERE a.attrelid = "
             f"to_regclass({quote_literal(quote_table(table))}) AND a.attnum > 0 "
             "AND NOT a.attisdropped")
@@ -169,11 +169,20 @@ def _template_sql(template: KeyTemplate, d: Declaration) -> str:
     return " || ".join(pieces) if pieces else quote_literal(template.pattern)
 
 
-def _row_keys(spec: TriggerSpec) -> list[tuple[str, str]]:
+def _row_keys(spec: TriggerSpec,
+              not_null: frozenset[str] | None = None) -> list[tuple[str, str]]:
     """(expression, NULL-check) pairs of the keys one row yields, over the columns of a
     transition table. A NULL field gives no key (``render`` -> None). Field-less templates
-    are the same for every row: they are among the statement's fixed keys instead."""
+    are the same for every row: they are among the statement's fixed keys instead.
+
+    With ``not_null`` (the SQL columns declared NOT NULL when the triggers are made), a key
+    over such columns has no NULL check: every row yields exactly one key per expression,
+    which lets the trigger count rows from the log rows it inserted (see
+    :func:`_exact_counting`). Should a column lose its NOT NULL later, a NULL falls back to
+    the marker of its key kind (every key of that kind reads as changed): over-, never
+    under-invalidation, and never a failed write."""
     d = spec.declaration
+    not_null = not_null or frozenset()
     out: list[tuple[str, str]] = []
     if d.row_keys and d.primary_key:
         expr = quote_literal(f"{ROW_PREFIX}{d.table}:") + " || " + " || ':' || ".join(
@@ -181,24 +190,43 @@ def _row_keys(spec: TriggerSpec) -> list[tuple[str, str]]:
         out.append((expr, ""))
     for template in d.templates:
         if template.fields:
-            nulls = " AND ".join(f"{quote_ident(d.sql_name(f))} IS NOT NULL"
-                                 for f in template.fields)
+            columns = [d.sql_name(f) for f in template.fields]
+            if all(c in not_null for c in columns):
+                out.append((f"COALESCE({_template_sql(template, d)}, "
+                            f"{quote_literal(template.escalation)})", ""))
+                continue
+            nulls = " AND ".join(f"{quote_ident(c)} IS NOT NULL" for c in columns)
             out.append((_template_sql(template, d), nulls))
     for column, other, _ in d.links:
-        col = quote_ident(d.sql_name(column))
-        out.append((quote_literal(f"{ROW_PREFIX}{other}:") + f" || {_part(col)}",
-                    f"{col} IS NOT NULL"))
+        sql_name = d.sql_name(column)
+        col = quote_ident(sql_name)
+        expr = quote_literal(f"{ROW_PREFIX}{other}:") + f" || {_part(col)}"
+        if sql_name in not_null:
+            marker = quote_literal(f"{ESCALATION_PREFIX}{ROW_PREFIX}{other}:")
+            out.append((f"COALESCE({expr}, {marker})", ""))
+        else:
+            out.append((expr, f"{col} IS NOT NULL"))
     return out
 
 
-def _selects(spec: TriggerSpec, images: Sequence[str], fixed: Iterable[str]) -> str:
-    """One SELECT of ``(key, ms)``: the ``fixed`` keys and every key of each image."""
+def _exact_counting(row_keys: Sequence[tuple[str, str]]) -> bool:
+    """Every row yields exactly one key per expression (no NULL checks): the number of log
+    rows a statement inserted tells its row count, and no separate count query is needed."""
+    return bool(row_keys) and all(not notnull for _, notnull in row_keys)
+
+
+def _selects(spec: TriggerSpec, images: Sequence[str], fixed: Iterable[str],
+             row_keys: Sequence[tuple[str, str]] | None = None, cap: int | None = None) -> str:
+    """One SELECT of ``(key, ms)``: the ``fixed`` keys and every key of each image (of at
+    most ``cap`` rows of each image, when given)."""
     branches = [f"SELECT {quote_literal(k)}, ms" for k in sorted(fixed)]
-    row_keys = _row_keys(spec)
+    if row_keys is None:
+        row_keys = _row_keys(spec)
     for image in images:
+        source = image if cap is None else f"(SELECT * FROM {image} LIMIT {cap}) AS {image}"
         for expr, notnull in row_keys:
             where = f" WHERE {notnull}" if notnull else ""
-            branches.append(f"SELECT {expr}, ms FROM {image}{where}")
+            branches.append(f"SELECT {expr}, ms FROM {source}{where}")
     # UNION ALL: a key twice in one statement is counted once anyway (once per txid), and
     # UNION's de-duplication was measured at ~10 us of every write.
     return " UNION ALL ".join(branches)
@@ -208,9 +236,11 @@ def _insert(select: str) -> str:
     return f"INSERT INTO {LOG_TABLE} (key_name, created_at) {select};"
 
 
-def function_body(spec: TriggerSpec, column_types: Mapping[str, str]) -> str:
+def function_body(spec: TriggerSpec, column_types: Mapping[str, str],
+                  not_null: Iterable[str] = ()) -> str:
     """The PL/pgSQL body of ``spec``'s trigger function. ``column_types`` maps SQL column
-    names to ``typname``; a key column of another type than :data:`TEXT_SAFE` is refused."""
+    names to ``typname``; a key column of another type than :data:`TEXT_SAFE` is refused.
+    ``not_null``: the SQL columns declared NOT NULL (see :func:`_row_keys`)."""
     d = spec.declaration
     for column in spec.key_columns:
         sql_name = d.sql_name(column)
@@ -230,11 +260,14 @@ def function_body(spec: TriggerSpec, column_types: Mapping[str, str]) -> str:
     fixed |= {t.pattern for t in d.templates if not t.fields}
     escalation = d.escalation_keys() | fixed
     limit = spec.max_keys
+    row_keys = _row_keys(spec, frozenset(not_null))
+    exact = limit is not None and _exact_counting(row_keys)
     counter = quote_literal("reality.rows_" + hashlib.sha1(d.table.encode()).hexdigest()[:16])
     lines = [
         "DECLARE",
         f"  ms bigint := {NOW_MS};",
         "  n bigint;",
+        "  k bigint;",
         "BEGIN",
     ]
     gate, notify = wake_sql("ms")
@@ -261,22 +294,69 @@ def function_body(spec: TriggerSpec, column_types: Mapping[str, str]) -> str:
                              "characters' USING ERRCODE = '22023';")
                 lines.append("    END IF;")
                 longest = " OR ".join(f"length({expr}) > {MAX_KEY_LENGTH}"
-                                      for expr, _ in _row_keys(spec))
+                                      for expr, _ in _row_keys(spec))  # (NULL: no key)
                 lines.append(f"    IF EXISTS (SELECT 1 FROM {image} WHERE {longest}) THEN")
                 lines.append(f"      RAISE EXCEPTION 'reality: a row of {table} makes a key "
                              f"longer than {MAX_KEY_LENGTH} characters (the key rules); "
                              "shorten the value or the template' USING ERRCODE = '22001';")
                 lines.append("    END IF;")
-        if limit is not None and _row_keys(spec):
-            # Rows this transaction has written to the table so far, this statement's
-            # included, kept in a transaction-local setting: one statement reads, adds to and
-            # stores it (a rolled-back savepoint takes its share back). (Not PostgreSQL's
-            # pg_stat_get_xact_* counters: they also hold earlier transactions' counts until
-            # the backend flushes its statistics, so busy single-row writers escalated.)
-            # Past max_keys the statement appends the table's markers instead of one row per
-            # key, as the Python path's compaction does at COMMIT, and the count becomes
-            # ESCALATED: later statements append nothing more, their markers being in the
-            # log already (a key counts once per transaction).
+        # Keys this transaction's earlier statements appended one by one are covered by the
+        # markers once it escalates: take them back then, so each moves by one, not two.
+        prefixes = sorted(k[len(ESCALATION_PREFIX):] for k in escalation
+                          if k.startswith(ESCALATION_PREFIX))
+        take_back = ""
+        if prefixes:
+            covered = " OR ".join(f"starts_with(key_name::text, {quote_literal(p)})"
+                                  for p in prefixes)
+            take_back = (f"DELETE FROM {LOG_TABLE} WHERE txid = {CURRENT_TXID} "
+                         f"AND ({covered});")
+        escalate = [
+            *([f"      {take_back}"] if take_back else []),
+            "      " + _insert(_selects(spec, [], set(escalation) | always)),
+            f"      PERFORM set_config({counter}, '{ESCALATED}', true);",
+            "      RETURN NULL;",
+        ]
+        if exact:
+            # Rows this transaction has written to the table so far, kept in a
+            # transaction-local setting (a rolled-back savepoint takes its share back). Every
+            # row yields one key per expression here, so the statement's own share is read
+            # off the number of log rows its INSERT appended (GET DIAGNOSTICS: no query of
+            # its own; a separate count was ~10 us of every write). Each image is read up to
+            # max_keys + 1 rows: a larger statement escalates anyway, and appends (then takes
+            # back) at most that many keys, not one per row. Past max_keys the statement's
+            # and earlier statements' keys are taken back and the table's markers appended,
+            # as the Python path's compaction does at COMMIT, and the count becomes
+            # ESCALATED: later statements append nothing more (a key counts once per txn).
+            lines.append(f"    n := COALESCE(NULLIF(current_setting({counter}, true), ''), "
+                         "'0')::bigint;")
+            lines.append(f"    IF n >= {ESCALATED} THEN")
+            if op == "DELETE" and spec.cascade_keys:
+                lines.append("      " + _insert(_selects(spec, [], set(spec.cascade_keys))))
+            lines.append("      RETURN NULL;")
+            lines.append("    END IF;")
+            lines.append("    " + _insert(_selects(spec, images, always, row_keys,
+                                                    cap=limit + 1)))
+            lines.append("    GET DIAGNOSTICS k = ROW_COUNT;")
+            per_row = len(row_keys) * len(images)
+            lines.append(f"    n := n + (k - {len(always)}) / {per_row};")
+            lines.append(f"    IF n > {limit} THEN")
+            # (The statement's fixed keys are in the log already.)
+            markers = set(escalation) - always
+            if take_back:
+                lines.append(f"      {take_back}")
+            if markers:
+                lines.append("      " + _insert(_selects(spec, [], markers)))
+            lines.extend(escalate[-2:])  # ESCALATED; RETURN NULL
+            lines.append("    END IF;")
+            lines.append(f"    PERFORM set_config({counter}, n::text, true);")
+            lines.append("  END IF;")
+            continue
+        if limit is not None and row_keys:
+            # As above, but some key may be missing from a row (a NULL field of a nullable
+            # column): the statement's rows are counted by a query of their own. (Not
+            # PostgreSQL's pg_stat_get_xact_* counters: they also hold earlier transactions'
+            # counts until the backend flushes its statistics, so busy single-row writers
+            # escalated.)
             lines.append(f"    n := set_config({counter}, (COALESCE(NULLIF(current_setting("
                          f"{counter}, true), ''), '0')::bigint + (SELECT count(*) FROM "
                          f"(SELECT 1 FROM {images[-1]} LIMIT {limit + 1}) x))::text, "
@@ -287,31 +367,21 @@ def function_body(spec: TriggerSpec, column_types: Mapping[str, str]) -> str:
             lines.append("      RETURN NULL;")
             lines.append("    END IF;")
             lines.append(f"    IF n > {limit} THEN")
-            # Keys this transaction's earlier statements appended one by one are covered by
-            # the markers now: take them back, so each still moves by one, not two.
-            prefixes = sorted(k[len(ESCALATION_PREFIX):] for k in escalation
-                              if k.startswith(ESCALATION_PREFIX))
-            if prefixes:
-                covered = " OR ".join(f"starts_with(key_name::text, {quote_literal(p)})"
-                                      for p in prefixes)
-                lines.append(f"      DELETE FROM {LOG_TABLE} WHERE txid = {CURRENT_TXID} "
-                             f"AND ({covered});")
-            lines.append("      " + _insert(_selects(spec, [], set(escalation) | always)))
-            lines.append(f"      PERFORM set_config({counter}, '{ESCALATED}', true);")
-            lines.append("      RETURN NULL;")
+            lines.extend(escalate)
             lines.append("    END IF;")
-        lines.append("    " + _insert(_selects(spec, images, always)))
+        lines.append("    " + _insert(_selects(spec, images, always, row_keys)))
         lines.append("  END IF;")
     lines.append("  RETURN NULL;")
     lines.append("END")
     return "\n".join(lines)
 
 
-def trigger_statements(spec: TriggerSpec, column_types: Mapping[str, str]) -> list[str]:
+def trigger_statements(spec: TriggerSpec, column_types: Mapping[str, str],
+                       not_null: Iterable[str] = ()) -> list[str]:
     """DDL that creates (or replaces) ``spec``'s function and its four triggers."""
     table = quote_table(spec.table)
     fn = function_name(spec.table)
-    body = function_body(spec, column_types)
+    body = function_body(spec, column_types, not_null)
     tag, n = "$reality$", 0
     while tag in body:  # a template could hold the quote tag; pick one it does not
         n += 1
@@ -397,7 +467,7 @@ def create_plan(specs: Sequence[TriggerSpec], tables: Iterable[str] | None,
     table is checked before any DDL is returned, so a refused column changes nothing.
     Plugins run the statements in one transaction of their own."""
     statements: list[str] = []
-    log_columns = {as_text(name) for name, _ in column_types(column_types_statement(LOG_TABLE))}
+    log_columns = {as_text(row[0]) for row in column_types(column_types_statement(LOG_TABLE))}
     if "txid" not in log_columns:
         raise ConfigurationError(
             (f"Reality's tables are missing ({LOG_TABLE} does not exist)" if not log_columns
@@ -407,19 +477,26 @@ def create_plan(specs: Sequence[TriggerSpec], tables: Iterable[str] | None,
             "write to the tracked tables")
     problems: list[str] = []
     for spec in pick(specs, tables):
-        types = {as_text(name): as_text(typ)
-                 for name, typ in column_types(column_types_statement(spec.table))}
+        rows = list(column_types(column_types_statement(spec.table)))
+        types = {as_text(row[0]): as_text(row[1]) for row in rows}
+        not_null = {as_text(row[0]) for row in rows if len(row) > 2 and _true(row[2])}
         if not types:
             problems.append(f"{spec.declaration.owner}: table {spec.table} does not exist; "
                             "create it (run your migrations) before its triggers")
             continue
         try:
-            statements += trigger_statements(spec, types)
+            statements += trigger_statements(spec, types, not_null)
         except ConfigurationError as exc:
             problems.append(exc.message)
     if problems:  # every table's problem at once, not one per attempt
         raise ConfigurationError("; ".join(problems))
     return statements
+
+
+def _true(value: Any) -> bool:
+    """A boolean as a driver returns it (``True``, or ``'t'`` from drivers that leave
+    values as text)."""
+    return value is True or (isinstance(value, str | bytes) and as_text(value) in ("t", "true"))
 
 
 def drop_targets(specs: Sequence[TriggerSpec], tables: Iterable[str] | None) -> list[str]:

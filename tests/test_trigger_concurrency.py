@@ -29,20 +29,28 @@ pytestmark = pytest.mark.postgres
 HOT = table_key("orders")
 
 
-@pytest.fixture
-def url(pg_server_url: str) -> Iterator[str]:
+@pytest.fixture(params=["counted", "exact"])
+def url(pg_server_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
+    """``counted``: room_id is nullable, so the trigger counts each statement's rows with a
+    query; ``exact``: room_id is NOT NULL, so it reads them off the log rows it appended."""
     db = dbs.create_pg_database(pg_server_url)
     libpq = DatabaseURL.parse(db).libpq()
+    exact = request.param == "exact"
     with psycopg.connect(libpq, autocommit=True) as conn:
         for ddl in create_table_statements("postgresql"):
             conn.execute(ddl)
         sql, params = insert_epoch_statement("postgresql", "pyformat")
         conn.execute(sql, params)
-        conn.execute("CREATE TABLE orders (id integer PRIMARY KEY, room_id integer)")
+        conn.execute("CREATE TABLE orders (id integer PRIMARY KEY, room_id integer"
+                     + (" NOT NULL)" if exact else ")"))
         decl = declare(owner="orders", table="orders", columns=["id", "room_id"],
                        primary_key=["id"], keys=["room:{room_id}"])
-        for ddl in trigger_statements(TriggerSpec(decl, 1000),
-                                      {"id": "int4", "room_id": "int4"}):
+        statements = trigger_statements(TriggerSpec(decl, 1000),
+                                        {"id": "int4", "room_id": "int4"},
+                                        {"id", "room_id"} if exact else {"id"})
+        assert ("GET DIAGNOSTICS" in statements[0]) is exact
+        assert ("SELECT count(*)" in statements[0]) is not exact
+        for ddl in statements:
             conn.execute(ddl)
     try:
         yield libpq
@@ -209,3 +217,58 @@ def test_escalating_midway_moves_each_key_by_one(url: str) -> None:
         assert {k: after.version(k) - before.version(k) for k in probe} == dict.fromkeys(probe, 1)
     finally:
         reader.close()
+
+
+def test_a_statement_past_max_keys_escalates_and_appends_a_bounded_number_of_keys(
+        url: str) -> None:
+    """One statement of many rows: the markers, not one key per row (the exact mode reads at
+    most max_keys + 1 rows of it, then takes them back)."""
+    with psycopg.connect(url) as conn:
+        conn.execute("INSERT INTO orders SELECT g, g % 5 FROM generate_series(1, 5000) g")
+        conn.commit()
+        rows = conn.execute(f"SELECT key_name FROM {LOG_TABLE}").fetchall()
+        conn.commit()
+    assert sorted(k for (k,) in rows) == ["$esc:$row:orders:", "$esc:room:", HOT]
+    reader = DBAPIReader.from_url(url, fold_threshold=None)
+    try:
+        probe = [HOT, row_key("orders", [4999]), "room:3", "room:999"]
+        snap = reader.read(probe)
+        assert {k: snap.version(k) for k in probe} == dict.fromkeys(probe, 1)
+    finally:
+        reader.close()
+
+
+def test_statements_below_max_keys_do_not_escalate(url: str) -> None:
+    """1,000 rows in one transaction, over ten statements: each key once, no marker."""
+    with psycopg.connect(url) as conn:
+        for lo in range(0, 1000, 100):
+            conn.execute("INSERT INTO orders SELECT g, g %% 7 FROM generate_series(%s::int, %s::int) g",
+                         (lo, lo + 99))
+        conn.execute("UPDATE orders SET room_id = room_id WHERE id < 0")  # no rows
+        conn.commit()
+        markers = conn.execute(f"SELECT count(*) FROM {LOG_TABLE} "
+                               "WHERE starts_with(key_name::text, '$esc:')").fetchone()
+        conn.commit()
+    assert markers == (0,)
+    reader = DBAPIReader.from_url(url, fold_threshold=None)
+    try:
+        snap = reader.read([HOT, row_key("orders", [999]), row_key("orders", [1000]), "room:6"])
+        assert (snap.version(HOT), snap.version(row_key("orders", [999])),
+                snap.version(row_key("orders", [1000])), snap.version("room:6")) == (1, 1, 0, 1)
+    finally:
+        reader.close()
+
+
+def test_a_key_column_that_loses_not_null_falls_back_to_its_marker(url: str) -> None:
+    """The exact mode's keys assume NOT NULL as it was when the triggers were made; a NULL
+    arriving after an ALTER must neither fail the write nor lose the key: its kind's marker
+    is appended (over-invalidation). The counted mode skips the NULL template."""
+    with psycopg.connect(url) as conn:
+        conn.execute("ALTER TABLE orders ALTER COLUMN room_id DROP NOT NULL")
+        conn.execute("INSERT INTO orders VALUES (1, NULL)")
+        conn.commit()
+        keys = sorted(k for (k,) in conn.execute(f"SELECT key_name FROM {LOG_TABLE}"))
+        conn.commit()
+        exact = "GET DIAGNOSTICS" in conn.execute(
+            "SELECT prosrc FROM pg_proc WHERE proname = 'reality_bump_orders'").fetchone()[0]
+    assert keys == sorted([HOT, row_key("orders", [1]), *(["$esc:room:"] if exact else [])])
