@@ -979,7 +979,9 @@ class DeploymentFolder:
 
     def _ask(self, command: str) -> str:
         child = self._child
-        assert child is not None and child.stdin is not None and child.stdout is not None
+        assert child is not None
+        assert child.stdin is not None
+        assert child.stdout is not None
         child.stdin.write(command + "\n")
         child.stdin.flush()
         answer = child.stdout.readline().strip()

@@ -242,8 +242,8 @@ def test_statements_below_max_keys_do_not_escalate(url: str) -> None:
     """1,000 rows in one transaction, over ten statements: each key once, no marker."""
     with psycopg.connect(url) as conn:
         for lo in range(0, 1000, 100):
-            conn.execute("INSERT INTO orders SELECT g, g %% 7 FROM generate_series(%s::int, %s::int) g",
-                         (lo, lo + 99))
+            conn.execute("INSERT INTO orders SELECT g, g %% 7 "
+                         "FROM generate_series(%s::int, %s::int) g", (lo, lo + 99))
         conn.execute("UPDATE orders SET room_id = room_id WHERE id < 0")  # no rows
         conn.commit()
         markers = conn.execute(f"SELECT count(*) FROM {LOG_TABLE} "
