@@ -316,7 +316,7 @@ def function_body(spec: TriggerSpec, column_types: Mapping[str, str],
             f"      PERFORM set_config({counter}, '{ESCALATED}', true);",
             "      RETURN NULL;",
         ]
-        if exact:
+        if exact and limit is not None:
             # Rows this transaction has written to the table so far, kept in a
             # transaction-local setting (a rolled-back savepoint takes its share back). Every
             # row yields one key per expression here, so the statement's own share is read
