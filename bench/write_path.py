@@ -579,6 +579,15 @@ def max_keys_bound(max_keys: int) -> dict[str, int]:
     return {BULK_UPDATE.name: 8, BULK_INSERT.name: 2 * max_keys + 8}
 
 
+def trigger_bound(bound: dict[str, int], max_keys: int) -> dict[str, int]:
+    """In trigger mode the log's id sequence also counts rows the trigger appends and takes
+    back in the same statement: the bulk tables' key columns are NOT NULL, so the trigger
+    keys up to ``max_keys + 1`` rows of each image (2 key expressions, old and new image)
+    before it sees the UPDATE is past the limit, deletes them and appends the markers. What
+    the commit keeps is still the markers and the table key."""
+    return {**bound, BULK_UPDATE.name: bound[BULK_UPDATE.name] + 4 * (max_keys + 1)}
+
+
 # --- SQLAlchemy -----------------------------------------------------------------------------
 
 class _Base(DeclarativeBase):
@@ -1840,6 +1849,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 if args.mode == "triggers":
                     target.create_triggers()
                     target.triggers = True
+                    if target.bulk_bump_bound is not None:
+                        target.bulk_bump_bound = trigger_bound(target.bulk_bump_bound,
+                                                               SqlAlchemyTarget.MAX_KEYS)
             except ImportError as exc:  # an ORM or plugin not installed here
                 skipped[orm] = repr(exc)
                 warnings.append(f"{orm} skipped: {exc}")

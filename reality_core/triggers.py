@@ -26,7 +26,9 @@ Contract and limits:
   :func:`trigger_statements` refuses any other type, naming the column.
 * Once a transaction has written more than ``max_keys`` rows of a table, its statements
   escalate the table instead (every derived key reads as changed), as the Python path does:
-  a 100,000-row UPDATE appends a handful of log rows, not 100,000. Keys the transaction's
+  a 100,000-row UPDATE appends a handful of log rows, not 100,000. Where every key column is
+  NOT NULL, each statement's row count is read off its own log INSERT (``GET DIAGNOSTICS``)
+  and at most ``max_keys + 1`` rows of an image are keyed; otherwise a count query does it. Keys the transaction's
   earlier statements appended one by one are deleted then (the markers cover them), so every
   key still moves by exactly one. The trigger counts rows,
   the Python path keys of a kind; both over-, never under-invalidate.
