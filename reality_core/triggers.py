@@ -28,9 +28,9 @@ Contract and limits:
   escalate the table instead (every derived key reads as changed), as the Python path does:
   a 100,000-row UPDATE appends a handful of log rows, not 100,000. Where every key column is
   NOT NULL, each statement's row count is read off its own log INSERT (``GET DIAGNOSTICS``)
-  and at most ``max_keys + 1`` rows of an image are keyed; otherwise a count query does it. Keys the transaction's
-  earlier statements appended one by one are deleted then (the markers cover them), so every
-  key still moves by exactly one. The trigger counts rows,
+  and at most ``max_keys + 1`` rows of an image are keyed; otherwise a count query does it.
+  Keys the transaction's earlier statements appended one by one are deleted then (the
+  markers cover them), so every key still moves by exactly one. The trigger counts rows,
   the Python path keys of a kind; both over-, never under-invalidate.
 * Dropping a trigger by hand while processes run leaves those processes believing the table
   is covered until they reconnect: use ``drop_triggers()`` and restart the app processes.
