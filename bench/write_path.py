@@ -583,9 +583,11 @@ def trigger_bound(bound: dict[str, int], max_keys: int) -> dict[str, int]:
     """In trigger mode the log's id sequence also counts rows the trigger appends and takes
     back in the same statement: the bulk tables' key columns are NOT NULL, so the trigger
     keys up to ``max_keys + 1`` rows of each image (2 key expressions, old and new image)
-    before it sees the UPDATE is past the limit, deletes them and appends the markers. What
-    the commit keeps is still the markers and the table key."""
-    return {**bound, BULK_UPDATE.name: bound[BULK_UPDATE.name] + 4 * (max_keys + 1)}
+    before it sees the UPDATE is past the limit, deletes them and appends the markers (an
+    insert's statement that crosses the limit: one image). What the commit keeps is still
+    the markers and the table key."""
+    return {**bound, BULK_UPDATE.name: bound[BULK_UPDATE.name] + 4 * (max_keys + 1),
+            BULK_INSERT.name: bound[BULK_INSERT.name] + 2 * (max_keys + 1)}
 
 
 # --- SQLAlchemy -----------------------------------------------------------------------------
