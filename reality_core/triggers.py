@@ -172,7 +172,7 @@ def _template_sql(template: KeyTemplate, d: Declaration) -> str:
 
 
 def _row_keys(spec: TriggerSpec,
-              not_null: frozenset[str] | None = None) -> list[tuple[str, str]]:
+              not_null: frozenset[str] = frozenset()) -> list[tuple[str, str]]:
     """(expression, NULL-check) pairs of the keys one row yields, over the columns of a
     transition table. A NULL field gives no key (``render`` -> None). Field-less templates
     are the same for every row: they are among the statement's fixed keys instead.
@@ -184,7 +184,6 @@ def _row_keys(spec: TriggerSpec,
     the marker of its key kind (every key of that kind reads as changed): over-, never
     under-invalidation, and never a failed write."""
     d = spec.declaration
-    not_null = not_null or frozenset()
     out: list[tuple[str, str]] = []
     if d.row_keys and d.primary_key:
         expr = quote_literal(f"{ROW_PREFIX}{d.table}:") + " || " + " || ':' || ".join(
@@ -263,7 +262,6 @@ def function_body(spec: TriggerSpec, column_types: Mapping[str, str],
     escalation = d.escalation_keys() | fixed
     limit = spec.max_keys
     row_keys = _row_keys(spec, frozenset(not_null))
-    exact = limit is not None and _exact_counting(row_keys)
     counter = quote_literal("reality.rows_" + hashlib.sha1(d.table.encode()).hexdigest()[:16])
     lines = [
         "DECLARE",
@@ -289,93 +287,87 @@ def function_body(spec: TriggerSpec, column_types: Mapping[str, str],
             cond = " OR ".join(f"{quote_ident(c)} ~ '[\\x01-\\x1f\\x7f-\\x9f]'"
                                for c in textual)
             table = d.table.replace(chr(39), chr(39) * 2)
+            longest = " OR ".join(f"length({expr}) > {MAX_KEY_LENGTH}"
+                                  for expr, _ in _row_keys(spec))  # (NULL: no key)
             for image in images:
                 lines.append(f"    IF EXISTS (SELECT 1 FROM {image} WHERE {cond}) THEN")
                 lines.append(f"      RAISE EXCEPTION 'reality: a key column of {table} holds "
                              "a control character; keys must not contain control "
                              "characters' USING ERRCODE = '22023';")
                 lines.append("    END IF;")
-                longest = " OR ".join(f"length({expr}) > {MAX_KEY_LENGTH}"
-                                      for expr, _ in _row_keys(spec))  # (NULL: no key)
                 lines.append(f"    IF EXISTS (SELECT 1 FROM {image} WHERE {longest}) THEN")
                 lines.append(f"      RAISE EXCEPTION 'reality: a row of {table} makes a key "
                              f"longer than {MAX_KEY_LENGTH} characters (the key rules); "
                              "shorten the value or the template' USING ERRCODE = '22001';")
                 lines.append("    END IF;")
-        # Keys this transaction's earlier statements appended one by one are covered by the
-        # markers once it escalates: take them back then, so each moves by one, not two.
-        prefixes = sorted(k[len(ESCALATION_PREFIX):] for k in escalation
-                          if k.startswith(ESCALATION_PREFIX))
-        take_back = ""
-        if prefixes:
-            covered = " OR ".join(f"starts_with(key_name::text, {quote_literal(p)})"
-                                  for p in prefixes)
-            take_back = (f"DELETE FROM {LOG_TABLE} WHERE txid = {CURRENT_TXID} "
-                         f"AND ({covered});")
-        escalate = [
-            *([f"      {take_back}"] if take_back else []),
-            "      " + _insert(_selects(spec, [], set(escalation) | always)),
-            f"      PERFORM set_config({counter}, '{ESCALATED}', true);",
-            "      RETURN NULL;",
-        ]
-        if exact and limit is not None:
-            # Rows this transaction has written to the table so far, kept in a
-            # transaction-local setting (a rolled-back savepoint takes its share back). Every
-            # row yields one key per expression here, so the statement's own share is read
-            # off the number of log rows its INSERT appended (GET DIAGNOSTICS: no query of
-            # its own; a separate count was ~10 us of every write). Each image is read up to
-            # max_keys + 1 rows: a larger statement escalates anyway, and appends (then takes
-            # back) at most that many keys, not one per row. Past max_keys the statement's
-            # and earlier statements' keys are taken back and the table's markers appended,
-            # as the Python path's compaction does at COMMIT, and the count becomes
-            # ESCALATED: later statements append nothing more (a key counts once per txn).
-            lines.append(f"    n := COALESCE(NULLIF(current_setting({counter}, true), ''), "
-                         "'0')::bigint;")
-            lines.append(f"    IF n >= {ESCALATED} THEN")
-            if op == "DELETE" and spec.cascade_keys:
-                lines.append("      " + _insert(_selects(spec, [], set(spec.cascade_keys))))
-            lines.append("      RETURN NULL;")
-            lines.append("    END IF;")
-            lines.append("    " + _insert(_selects(spec, images, always, row_keys,
-                                                    cap=limit + 1)))
-            lines.append("    GET DIAGNOSTICS k = ROW_COUNT;")
-            per_row = len(row_keys) * len(images)
-            lines.append(f"    n := n + (k - {len(always)}) / {per_row};")
-            lines.append(f"    IF n > {limit} THEN")
-            # (The statement's fixed keys are in the log already.)
-            markers = set(escalation) - always
-            if take_back:
-                lines.append(f"      {take_back}")
-            if markers:
-                lines.append("      " + _insert(_selects(spec, [], markers)))
-            lines.extend(escalate[-2:])  # ESCALATED; RETURN NULL
-            lines.append("    END IF;")
-            lines.append(f"    PERFORM set_config({counter}, n::text, true);")
-            lines.append("  END IF;")
-            continue
+        exact = False
         if limit is not None and row_keys:
-            # As above, but some key may be missing from a row (a NULL field of a nullable
-            # column): the statement's rows are counted by a query of their own. (Not
-            # PostgreSQL's pg_stat_get_xact_* counters: they also hold earlier transactions'
-            # counts until the backend flushes its statistics, so busy single-row writers
-            # escalated.)
-            lines.append(f"    n := set_config({counter}, (COALESCE(NULLIF(current_setting("
-                         f"{counter}, true), ''), '0')::bigint + (SELECT count(*) FROM "
-                         f"(SELECT 1 FROM {images[-1]} LIMIT {limit + 1}) x))::text, "
-                         "true)::bigint;")
+            # Rows this transaction has written to the table so far, this statement's
+            # included, kept in a transaction-local setting (a rolled-back savepoint takes its
+            # share back). (Not PostgreSQL's pg_stat_get_xact_* counters: they also hold
+            # earlier transactions' counts until the backend flushes its statistics, so busy
+            # single-row writers escalated.) Past max_keys the transaction's keys of the
+            # table are taken back and its markers appended, as the Python path's compaction
+            # does at COMMIT, and the count becomes ESCALATED: later statements append
+            # nothing more, their markers being in the log already (a key counts once per
+            # transaction).
+            exact = _exact_counting(row_keys)
+            current = f"COALESCE(NULLIF(current_setting({counter}, true), ''), '0')::bigint"
+            if exact:
+                lines.append(f"    n := {current};")
+            else:  # a row may lack some key (a NULL field): count the rows with a query
+                lines.append(f"    n := set_config({counter}, ({current} + (SELECT count(*) "
+                             f"FROM (SELECT 1 FROM {images[-1]} LIMIT {limit + 1}) x))::text, "
+                             "true)::bigint;")
             lines.append(f"    IF n >= {ESCALATED} THEN")
             if op == "DELETE" and spec.cascade_keys:
                 lines.append("      " + _insert(_selects(spec, [], set(spec.cascade_keys))))
             lines.append("      RETURN NULL;")
             lines.append("    END IF;")
+            markers = set(escalation) | always
+            if exact:
+                # Every row yields one key per expression: the statement's rows are read off
+                # the number of log rows its INSERT appended (GET DIAGNOSTICS; a count query
+                # was ~10 us of every write). Each image is keyed up to max_keys + 1 rows: a
+                # larger statement escalates anyway, and appends (then takes back) at most
+                # that many keys, not one per row. Its fixed keys are in the log already.
+                lines.append("    " + _insert(_selects(spec, images, always, row_keys,
+                                                        cap=limit + 1)))
+                lines.append("    GET DIAGNOSTICS k = ROW_COUNT;")
+                lines.append(f"    n := n + (k - {len(always)}) / "
+                             f"{len(row_keys) * len(images)};")
+                markers -= always
             lines.append(f"    IF n > {limit} THEN")
-            lines.extend(escalate)
+            lines += _escalation_lines(spec, escalation, markers, counter)
             lines.append("    END IF;")
-        lines.append("    " + _insert(_selects(spec, images, always, row_keys)))
+            if exact:
+                lines.append(f"    PERFORM set_config({counter}, n::text, true);")
+        if not exact:
+            lines.append("    " + _insert(_selects(spec, images, always, row_keys)))
         lines.append("  END IF;")
     lines.append("  RETURN NULL;")
     lines.append("END")
     return "\n".join(lines)
+
+
+def _escalation_lines(spec: TriggerSpec, escalation: set[str], markers: set[str],
+                      counter: str) -> list[str]:
+    """What a statement that takes its transaction past max_keys runs: take back the keys of
+    the kinds the markers cover (earlier statements appended them one by one: each must
+    still move by one, not two), append ``markers``, mark the count ESCALATED."""
+    prefixes = sorted(k[len(ESCALATION_PREFIX):] for k in escalation
+                      if k.startswith(ESCALATION_PREFIX))
+    out = []
+    if prefixes:
+        covered = " OR ".join(f"starts_with(key_name::text, {quote_literal(p)})"
+                              for p in prefixes)
+        out.append(f"      DELETE FROM {LOG_TABLE} WHERE txid = {CURRENT_TXID} "
+                   f"AND ({covered});")
+    if markers:
+        out.append("      " + _insert(_selects(spec, [], markers)))
+    out.append(f"      PERFORM set_config({counter}, '{ESCALATED}', true);")
+    out.append("      RETURN NULL;")
+    return out
 
 
 def trigger_statements(spec: TriggerSpec, column_types: Mapping[str, str],

@@ -13,6 +13,7 @@ import random
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -175,6 +176,15 @@ def test_each_sampler_sees_versions_only_rise(url: str) -> None:
         reader.close()
 
 
+def escalation_markers(conn: psycopg.Connection[Any]) -> tuple[int]:
+    """``(count,)`` of the escalation markers in the log (ends the reading transaction)."""
+    row = conn.execute(f"SELECT count(*) FROM {LOG_TABLE} "
+                       "WHERE starts_with(key_name::text, '$esc:')").fetchone()
+    conn.commit()
+    assert row is not None
+    return (row[0],)
+
+
 def test_many_small_transactions_on_one_connection_never_escalate(url: str) -> None:
     """The escalation limit counts rows of one transaction. (PostgreSQL's
     pg_stat_get_xact_* counters also hold earlier transactions' rows until the backend
@@ -183,9 +193,7 @@ def test_many_small_transactions_on_one_connection_never_escalate(url: str) -> N
         for i in range(1500):  # more rows than max_keys (1000), one per transaction
             conn.execute("INSERT INTO orders VALUES (%s, %s)", (i, i % 7))
             conn.commit()
-        markers = conn.execute(f"SELECT count(*) FROM {LOG_TABLE} "
-                               "WHERE starts_with(key_name::text, '$esc:')").fetchone()
-        conn.commit()
+        markers = escalation_markers(conn)
     assert markers == (0,)
     reader = DBAPIReader.from_url(url, fold_threshold=None)
     try:
@@ -246,9 +254,7 @@ def test_statements_below_max_keys_do_not_escalate(url: str) -> None:
                          "FROM generate_series(%s::int, %s::int) g", (lo, lo + 99))
         conn.execute("UPDATE orders SET room_id = room_id WHERE id < 0")  # no rows
         conn.commit()
-        markers = conn.execute(f"SELECT count(*) FROM {LOG_TABLE} "
-                               "WHERE starts_with(key_name::text, '$esc:')").fetchone()
-        conn.commit()
+        markers = escalation_markers(conn)
     assert markers == (0,)
     reader = DBAPIReader.from_url(url, fold_threshold=None)
     try:
