@@ -336,6 +336,42 @@ def test_a_key_too_long_fails_the_write_clearly(pg_url: str) -> None:
             Note.__table__.drop(engine)  # type: ignore[attr-defined]
 
 
+class Reading(_Flags):
+    """Columns named like words a trigger function might use for its own variables."""
+
+    __tablename__ = "readings"
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    ms: Mapped[int] = mapped_column(sa.BigInteger)
+    n: Mapped[int | None] = mapped_column(sa.Integer, nullable=True)
+    k: Mapped[int] = mapped_column(sa.Integer)
+    x: Mapped[int] = mapped_column(sa.Integer)
+    key: Mapped[str] = mapped_column(sa.Text)
+    txid: Mapped[int] = mapped_column(sa.BigInteger)
+
+
+def test_columns_named_like_trigger_variables_still_bump(pg_url: str) -> None:
+    """PL/pgSQL refuses a statement in which a variable and a column share a name: the
+    trigger's variables must not take names a table may well have (``ms``, ``x``...)."""
+    with open_db("postgresql", pg_url) as (url, engine, reader):
+        reality_sqlalchemy.track(Reading, keys=["sensor:{x}:{n}", "k:{k}", "key:{key}"])
+        Reading.__table__.create(engine)  # type: ignore[attr-defined]
+        try:
+            reality_sqlalchemy.create_triggers(engine, tables=["readings"])
+            with psycopg.connect(DatabaseURL.parse(url).libpq()) as conn:
+                conn.execute("INSERT INTO readings (id, ms, n, k, x, key, txid) "
+                             "VALUES (1, 5, 2, 3, 4, 'a', 6), (2, 5, NULL, 3, 4, 'b', 6)")
+                conn.execute("UPDATE readings SET k = 7 WHERE id = 1")
+                conn.execute("DELETE FROM readings WHERE id = 2")
+                conn.commit()
+            got = versions(reader, table_key("readings"), row_key("readings", [1]),
+                           row_key("readings", [2]), "sensor:4:2", "k:3", "k:7", "key:a",
+                           "key:b")
+            # One transaction: every key it touched moved by exactly one.
+            assert got == dict.fromkeys(got, 1)
+        finally:
+            Reading.__table__.drop(engine)  # type: ignore[attr-defined]
+
+
 def test_drop_triggers_removes_those_of_a_table_no_longer_declared(trig: Any) -> None:
     _, engine, _reader, _maker = trig
     reality_sqlalchemy.registry.clear()  # the model's declaration is gone
