@@ -247,6 +247,16 @@ class RoundResult:
     elapsed: float
     latencies: list[float]  # seconds, one per commit, sorted
     conflicts: Counter[str] = field(default_factory=Counter)
+    #: CPU seconds the round took: this process (the ORM and its writers), the PostgreSQL
+    #: server's processes (None unless it runs on this machine), the folder's process.
+    client_cpu_s: float = 0.0
+    server_cpu_s: float | None = None
+    folder_cpu_s: float = 0.0
+
+    def cpu_us(self, part: str) -> float | None:
+        """CPU microseconds per commit of ``part`` (client, server, folder)."""
+        value = getattr(self, f"{part}_cpu_s")
+        return value / self.commits * 1e6 if value is not None and self.commits else None
 
     @property
     def tps(self) -> float:
@@ -967,6 +977,30 @@ ORMS: Final[dict[str, TargetFactory]] = {
 
 # --- the folder a deployment runs -----------------------------------------------------------
 
+def server_cpu_s(url: URL) -> float | None:
+    """CPU seconds used so far by the PostgreSQL processes of this machine, or None when the
+    server is elsewhere (or /proc is unreadable): all of them, so the folder's and
+    autovacuum's work counts too."""
+    if url.host not in (None, "", "localhost", "127.0.0.1", "::1"):
+        return None
+    total = 0
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if not f.read().startswith("postgres"):
+                    continue
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (clock ticks)
+    return total / os.sysconf("SC_CLK_TCK") if total else None
+
+
 class DeploymentFolder:
     """A folder running through every plugin round (started before its writers, stopped
     after them), as a deployment runs one: ``reality serve`` folds every second **in a
@@ -1131,6 +1165,11 @@ class CaseResult:
             total.update(r.conflicts)
         return total
 
+    def cpu_us(self, variant: Variant, part: str) -> float | None:
+        """Median CPU microseconds per commit of ``part`` across the rounds."""
+        values = [v for r in self.rounds[variant] if (v := r.cpu_us(part)) is not None]
+        return round(float(statistics.median(values)), 1) if values else None
+
     def as_json(self) -> dict[str, Any]:
         base_tps, tps = self.median("baseline", "tps"), self.median("plugin", "tps")
         base_p99, p99 = self.median("baseline", "p99_ms"), self.median("plugin", "p99_ms")
@@ -1154,6 +1193,10 @@ class CaseResult:
             "baseline_deadlocks": self.conflicts("baseline")["deadlocks"],
             "baseline_serialization_failures":
                 self.conflicts("baseline")["serialization_failures"],
+            # Where the time went: CPU per commit, medians across rounds (see RoundResult).
+            "cpu_us_per_commit": {
+                v: {part: self.cpu_us(v, part) for part in ("client", "server", "folder")}
+                for v in VARIANTS},
         }
         goal = goal_for(self.scenario, self.writers)
         if goal is not None:
@@ -1179,9 +1222,16 @@ def run_throughput(target: Target, scenario: Scenario, writer_counts: Sequence[i
         for rnd in range(args.rounds):
             order = VARIANTS if rnd % 2 == 0 else VARIANTS[::-1]
             for variant in order:
+                client0, server0 = time.process_time(), server_cpu_s(target.engine.url)
+                folder0 = folder.cpu_s
                 with folder.around(variant):
                     r = target.run_round(scenario, variant, writers, args.duration,
                                          args.seed + 7919 * (rnd + 1))
+                server1 = server_cpu_s(target.engine.url)
+                r.client_cpu_s = time.process_time() - client0
+                r.server_cpu_s = (server1 - server0 if server0 is not None
+                                  and server1 is not None else None)
+                r.folder_cpu_s = folder.cpu_s - folder0
                 totals.add(r)
                 case.rounds[variant].append(r)
                 say(f"  round {rnd + 1}/{args.rounds} {fmt_round(r)}")
@@ -1657,6 +1707,24 @@ def summary_table(cases: Sequence[CaseResult]) -> str:
                "rounds; ratio = plugin/baseline tps;\nround ratios: min..max of the per-round "
                "paired tps ratios; p99 x = plugin p99 / baseline p99; dl/sf: deadlocks / "
                "serialization failures (plugin rounds)")
+    head = ["orm", "scenario", "writers", "base client", "client", "base server", "server",
+            "folder", "base total", "total", "total x"]
+    rows = []
+    for case in cases:
+        cpu = case.as_json()["cpu_us_per_commit"]
+        base, plug = cpu["baseline"], cpu["plugin"]
+        totals = [None if b["server"] is None else b["client"] + b["server"] + b["folder"]
+                  for b in (base, plug)]
+        rows.append([case.orm, case.scenario, str(case.writers), _num(base["client"], 1),
+                     _num(plug["client"], 1), _num(base["server"], 1),
+                     _num(plug["server"], 1), _num(plug["folder"], 1), _num(totals[0], 1),
+                     _num(totals[1], 1),
+                     _num(totals[1] / totals[0] if totals[0] and totals[1] else None, 2)])
+    out.append("")
+    out += _table(head, rows, 2)
+    out.append("CPU microseconds per commit, medians across rounds: client = this process (ORM, "
+               "plugin, writers), server = the PostgreSQL\nprocesses (when on this machine), "
+               "folder = the folder's process (Python side; its SQL is in server)")
     return "\n".join(out)
 
 
