@@ -76,9 +76,12 @@ _TEXTUAL: Final = frozenset({"text", "varchar"})
 _COMMENT_PREFIX: Final = "reality trigger "
 #: The transaction-local row count once a table has escalated (far above any max_keys).
 ESCALATED: Final = 1 << 60
-#: The function's variables are all named reality_*: PL/pgSQL refuses a statement where a
-#: variable and a column of the table share a name, and tables have columns named ``ms``.
-_SELECTED: Final = "reality_ms, reality_txid"
+#: The function's block label. PL/pgSQL refuses a statement in which a name could be a
+#: variable or a column, and a tracked table may have a column of any name: inside SQL the
+#: function names its variables through the label (``reality_fn.reality_ms``), and
+#: ``#variable_conflict use_column`` makes every unqualified name a column.
+_LABEL: Final = "reality_fn"
+_SELECTED: Final = f"{_LABEL}.reality_ms, {_LABEL}.reality_txid"
 
 
 def quote_ident(name: str) -> str:
@@ -227,6 +230,8 @@ def _selects(spec: TriggerSpec, images: Sequence[str], fixed: Iterable[str],
     if row_keys is None:
         row_keys = _row_keys(spec)
     for image in images:
+        if not row_keys:  # only fixed keys (a table key, field-less templates)
+            break
         source = image if cap is None else f"(SELECT * FROM {image} LIMIT {cap}) AS {image}"
         if len(row_keys) == 1:
             expr, notnull = row_keys[0]
@@ -278,6 +283,8 @@ def function_body(spec: TriggerSpec, column_types: Mapping[str, str],
     row_keys = _row_keys(spec, frozenset(not_null))
     counter = quote_literal("reality.rows_" + hashlib.sha1(d.table.encode()).hexdigest()[:16])
     lines = [
+        "#variable_conflict use_column",
+        f"<<{_LABEL}>>",
         "DECLARE",
         f"  reality_ms bigint := {NOW_MS};",
         f"  reality_txid bigint := {CURRENT_TXID};",
@@ -337,7 +344,7 @@ def function_body(spec: TriggerSpec, column_types: Mapping[str, str],
             else:  # a row may lack some key (a NULL field): count the rows with a query
                 lines.append(f"    reality_n := set_config({counter}, ({current} + (SELECT "
                              f"count(*) FROM (SELECT 1 FROM {images[-1]} LIMIT {limit + 1}) "
-                             "AS reality_rows))::text, true)::bigint;")
+                             "AS reality_count))::text, true)::bigint;")
             lines.append(f"    IF reality_n >= {ESCALATED} THEN")
             if op == "DELETE" and spec.cascade_keys:
                 lines.append("      " + _insert(_selects(spec, [], set(spec.cascade_keys))))
@@ -381,7 +388,7 @@ def _escalation_lines(spec: TriggerSpec, escalation: set[str], markers: set[str]
     if prefixes:
         covered = " OR ".join(f"starts_with(key_name::text, {quote_literal(p)})"
                               for p in prefixes)
-        out.append(f"      DELETE FROM {LOG_TABLE} WHERE txid = reality_txid "
+        out.append(f"      DELETE FROM {LOG_TABLE} WHERE txid = {_LABEL}.reality_txid "
                    f"AND ({covered});")
     if markers:
         out.append("      " + _insert(_selects(spec, [], markers)))

@@ -372,6 +372,27 @@ def test_columns_named_like_trigger_variables_still_bump(pg_url: str) -> None:
             Reading.__table__.drop(engine)  # type: ignore[attr-defined]
 
 
+def test_a_table_tracked_by_its_table_key_alone_gets_working_triggers(pg_url: str) -> None:
+    """track(rows=False) without templates: the trigger appends the table key only (the
+    bench's hot-key table; its generated SQL was once invalid)."""
+    with open_db("postgresql", pg_url) as (url, engine, reader):
+        reality_sqlalchemy.track(Reading, rows=False)
+        Reading.__table__.create(engine)  # type: ignore[attr-defined]
+        try:
+            assert reality_sqlalchemy.create_triggers(engine, tables=["readings"]) == [
+                "readings"]
+            with psycopg.connect(DatabaseURL.parse(url).libpq()) as conn:
+                conn.execute("INSERT INTO readings (id, ms, n, k, x, key, txid) "
+                             "VALUES (1, 5, 2, 3, 4, 'a', 6), (2, 5, NULL, 3, 4, 'b', 6)")
+                conn.commit()
+                conn.execute("UPDATE readings SET k = 8")
+                conn.commit()
+            assert versions(reader, table_key("readings"), row_key("readings", [1])) == {
+                table_key("readings"): 2, row_key("readings", [1]): 0}
+        finally:
+            Reading.__table__.drop(engine)  # type: ignore[attr-defined]
+
+
 def test_drop_triggers_removes_those_of_a_table_no_longer_declared(trig: Any) -> None:
     _, engine, _reader, _maker = trig
     reality_sqlalchemy.registry.clear()  # the model's declaration is gone
