@@ -9,9 +9,11 @@ from tortoise.backends.asyncpg.client import AsyncpgDBClient, TransactionWrapper
 from tortoise.backends.asyncpg.executor import AsyncpgExecutor
 from tortoise.backends.asyncpg.schema_generator import AsyncpgSchemaGenerator
 from tortoise.backends.base.client import TransactionContext, TransactionContextPooled
+from tortoise.backends.base.executor import BaseExecutor
 
 from reality_tortoise._schema import RealitySchemaGenerator
 from reality_tortoise._tracking import (
+    IdleTransaction,
     RealityClient,
     RealityExecutor,
     RealityTransaction,
@@ -54,6 +56,11 @@ class RealityAsyncpgTransaction(_Driver, RealityTransaction, TransactionWrapper)
         await self._connection.execute(sql, *params)
 
 
+class RealityIdleAsyncpgTransaction(IdleTransaction, RealityAsyncpgTransaction):
+    # Every tracked table bumps itself (see IdleTransaction): Tortoise's own executor.
+    executor_class: type[BaseExecutor] = AsyncpgExecutor  # type: ignore[assignment]
+
+
 class RealityAsyncpgClient(_Driver, RealityClient, AsyncpgDBClient):
     reality_dialect = "postgresql"
     reality_paramstyle = "numeric_dollar"
@@ -61,7 +68,8 @@ class RealityAsyncpgClient(_Driver, RealityClient, AsyncpgDBClient):
     schema_generator = RealityAsyncpgSchemaGenerator
 
     def _in_transaction(self) -> TransactionContext:
-        return TransactionContextPooled(RealityAsyncpgTransaction(self), self._pool_init_lock)
+        cls = RealityIdleAsyncpgTransaction if self._reality_idle() else RealityAsyncpgTransaction
+        return TransactionContextPooled(cls(self), self._pool_init_lock)
 
 
 client_class = RealityAsyncpgClient

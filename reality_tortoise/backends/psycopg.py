@@ -7,12 +7,14 @@ from typing import Any
 
 import psycopg.rows
 from tortoise.backends.base.client import TransactionContext, TransactionContextPooled
+from tortoise.backends.base.executor import BaseExecutor
 from tortoise.backends.psycopg.client import PsycopgClient, TransactionWrapper
 from tortoise.backends.psycopg.executor import PsycopgExecutor
 from tortoise.backends.psycopg.schema_generator import PsycopgSchemaGenerator
 
 from reality_tortoise._schema import RealitySchemaGenerator
 from reality_tortoise._tracking import (
+    IdleTransaction,
     RealityClient,
     RealityExecutor,
     RealityTransaction,
@@ -52,6 +54,11 @@ class RealityPsycopgTransaction(_Driver, RealityTransaction, TransactionWrapper)
         await self._connection.execute(sql, params)
 
 
+class RealityIdlePsycopgTransaction(IdleTransaction, RealityPsycopgTransaction):
+    # Every tracked table bumps itself (see IdleTransaction): Tortoise's own executor.
+    executor_class: type[BaseExecutor] = PsycopgExecutor  # type: ignore[assignment]
+
+
 class RealityPsycopgClient(_Driver, RealityClient, PsycopgClient):
     reality_dialect = "postgresql"
     reality_paramstyle = "format"
@@ -59,7 +66,8 @@ class RealityPsycopgClient(_Driver, RealityClient, PsycopgClient):
     schema_generator = RealityPsycopgSchemaGenerator
 
     def _in_transaction(self) -> TransactionContext:
-        return TransactionContextPooled(RealityPsycopgTransaction(self), self._pool_init_lock)
+        cls = RealityIdlePsycopgTransaction if self._reality_idle() else RealityPsycopgTransaction
+        return TransactionContextPooled(cls(self), self._pool_init_lock)
 
 
 client_class = RealityPsycopgClient

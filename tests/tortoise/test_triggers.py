@@ -398,3 +398,58 @@ async def test_a_finished_transaction_leaves_no_cycle_for_the_collector(
 async def test_a_finished_transaction_leaves_no_cycle_on_the_python_path(
         plain: th.TortoiseHarness) -> None:
     assert await transactions_left_for_the_collector() == []
+
+
+async def test_with_every_table_covered_transactions_skip_the_plugin_layers(
+        tm: th.TortoiseHarness, bumps: list[list[str]]) -> None:
+    """Trigger mode's usual state: once a connection has read that every tracked table is
+    covered, transactions are IdleTransactions (Tortoise's own executor and statements);
+    the triggers still bump every write, and bump() and savepoints behave as ever."""
+    await th.Order.create(id=1, room_id=1)
+    async with in_transaction():  # reads coverage on its connection
+        await th.Order.filter(id=1).update(total=1)
+    v = await watch(tm, ORDERS, row(2), "room:7", "feed:a", "feed:b")
+    async with in_transaction() as tx:
+        assert isinstance(tx, _tracking.IdleTransaction)
+        assert type(tx).executor_class.__name__ in ("AsyncpgExecutor", "PsycopgExecutor")
+        await th.Order.create(id=2, room_id=7)
+        reality_tortoise.bump("feed:a")
+        with contextlib.suppress(RuntimeError):
+            async with in_transaction() as inner:
+                assert isinstance(inner, _tracking.IdleTransaction)
+                reality_tortoise.bump("feed:b")
+                await th.Order.filter(id=2).update(total=9)
+                raise RuntimeError("roll the savepoint back")
+    assert await v.delta() == {ORDERS: 1, row(2): 1, "room:7": 1, "feed:a": 1, "feed:b": 0}
+    assert bumps == [["feed:a"]]  # the manual key only: the trigger did the rest
+
+
+async def test_triggers_dropped_while_an_idle_transaction_is_open_hand_it_to_python(
+        tm: th.TortoiseHarness, bumps: list[list[str]]) -> None:
+    """drop_triggers() from this process while an IdleTransaction is open: its statements
+    after that take the full path, so nothing it writes goes unbumped."""
+    await th.Order.create(id=1, room_id=1)
+    async with in_transaction():
+        await th.Order.filter(id=1).update(total=1)
+    v = await watch(tm, ORDERS, row(3), "room:8")
+    async with in_transaction() as tx:
+        assert isinstance(tx, _tracking.IdleTransaction)
+        await tx.execute_query("SELECT 1")  # open, holding no lock on orders
+        assert "orders" in await reality_tortoise.drop_triggers()  # its own transaction
+        await th.Order.create(id=3, room_id=8)
+    assert await v.delta() == {ORDERS: 1, row(3): 1, "room:8": 1}
+    assert bumps
+    assert {ORDERS, row(3), "room:8"} <= set(bumps[0])
+    async with in_transaction() as tx:  # coverage read again: no trigger, no idle path
+        assert not isinstance(tx, _tracking.IdleTransaction)
+        await th.Order.filter(id=3).update(total=2)
+    async with in_transaction() as tx:
+        assert not isinstance(tx, _tracking.IdleTransaction)
+
+
+async def test_the_python_path_never_takes_the_idle_path(plain: th.TortoiseHarness) -> None:
+    await th.Order.create(id=1, room_id=1)
+    for _ in range(2):
+        async with in_transaction() as tx:
+            assert not isinstance(tx, _tracking.IdleTransaction)
+            await th.Order.filter(id=1).update(total=1)
