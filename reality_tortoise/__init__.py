@@ -69,7 +69,10 @@ outside any transaction runs in a transaction of its own, with its bump, so neit
 visible without the other. Concurrent tasks never share keys: each transaction keeps its own.
 A task spawned inside ``in_transaction()`` writes in that transaction while it is open; once
 it has ended, the task's writes run as writes outside any transaction (Tortoise would run
-them on a connection already given back to the pool).
+them on a connection already given back to the pool). Exception: in trigger mode with every
+tracked table covered, transactions take Tortoise's own path (``IdleTransaction``), and such
+a late write goes where Tortoise sends it; the trigger bumps its keys in whichever
+transaction the write lands in, so they still move with the data.
 
 What it changes in Tortoise (both to keep the guarantee): on SQLite, ``execute_script``
 inside a transaction runs statement by statement (Python's ``executescript`` would COMMIT the

@@ -32,7 +32,9 @@ when nothing else is left. Keys of uncovered tables and :func:`bump` work as bef
 statement is judged by (the catalog, the settings, the coverage: a :class:`_View` and a
 :class:`_Seen`) is kept on the transaction and checked by identity, so a write to a covered
 table costs a few attribute reads; when every tracked table is covered, no statement is read
-at all, and a COMMIT with nothing buffered goes straight to Tortoise's.
+at all, and a COMMIT with nothing buffered goes straight to Tortoise's. Once a connection
+has read that every tracked table is covered, the client remembers it and hands out
+:class:`IdleTransaction` wrappers, which skip the statement and executor layers entirely.
 
 A write outside any transaction runs in a transaction of its own with its bump (the data
 and its bump commit together, or neither does); a write that only touches covered tables
@@ -41,7 +43,7 @@ once per client, on whichever pooled connection). A task spawned inside
 ``in_transaction()`` inherits the transaction through its context; its statements belong to
 that transaction while it is open, and once it has ended they run as writes outside any
 transaction: they are never attributed to it, nor to whatever transaction the pooled
-connection serves next.
+connection serves next (except in an :class:`IdleTransaction`, see there).
 """
 
 from __future__ import annotations
