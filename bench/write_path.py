@@ -1691,9 +1691,9 @@ def _goal_cell(j: dict[str, Any]) -> str:
 def summary_table(cases: Sequence[CaseResult]) -> str:
     head = ["orm", "scenario", "writers", "base tps", "plugin tps", "ratio", "round ratios",
             "base p50", "p50", "base p99", "p99", "p99 x", "dl/sf", "goal"]
+    described = [(case, case.as_json()) for case in cases]
     rows = []
-    for case in cases:
-        j = case.as_json()
+    for case, j in described:
         rows.append([
             case.orm, case.scenario, str(case.writers), _num(j["baseline_tps"], 1),
             _num(j["plugin_tps"], 1), _num(j["ratio"], 3),
@@ -1710,8 +1710,8 @@ def summary_table(cases: Sequence[CaseResult]) -> str:
     head = ["orm", "scenario", "writers", "base client", "client", "base server", "server",
             "folder", "base total", "total", "total x"]
     rows = []
-    for case in cases:
-        cpu = case.as_json()["cpu_us_per_commit"]
+    for case, j in described:
+        cpu = j["cpu_us_per_commit"]
         base, plug = cpu["baseline"], cpu["plugin"]
         totals = [None if b["server"] is None else b["client"] + b["server"] + b["folder"]
                   for b in (base, plug)]

@@ -229,9 +229,7 @@ def _selects(spec: TriggerSpec, images: Sequence[str], fixed: Iterable[str],
     branches = [f"SELECT {quote_literal(k)}, {_SELECTED}" for k in sorted(fixed)]
     if row_keys is None:
         row_keys = _row_keys(spec)
-    for image in images:
-        if not row_keys:  # only fixed keys (a table key, field-less templates)
-            break
+    for image in images if row_keys else ():  # (none: only fixed keys, e.g. a table key)
         source = image if cap is None else f"(SELECT * FROM {image} LIMIT {cap}) AS {image}"
         if len(row_keys) == 1:
             expr, notnull = row_keys[0]

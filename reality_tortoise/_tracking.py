@@ -574,12 +574,12 @@ class IdleTransaction(RealityTransaction):
     mode's usual state): the database bumps every write inside the statement, so statements
     go straight to Tortoise's methods, model writes use Tortoise's own executor (each backend
     names it), and connections are handed out as Tortoise does. Per statement the plugin
-    checks only that neither this process's triggers nor the declarations changed since the
-    transaction began; if they did, the statement takes the full path (coverage read again,
-    keys from the SQL where a table lost its trigger). :func:`bump` and COMMIT work as in any
-    Reality transaction.
+    checks only that the view the transaction began under is still current (triggers made by
+    this process, declarations, ``max_keys``); if not, the statement takes the full path
+    (coverage read again, keys from the SQL where a table lost its trigger). :func:`bump` and
+    COMMIT work as in any Reality transaction.
 
-    What it gives up, measured on Tortoise's own write path: ~20-30 us of plugin Python per
+    What it saves, measured on Tortoise's own write path: ~20-30 us of plugin Python per
     insert-and-commit (the layers every statement and model write went through). A task
     spawned inside the block that outlives it writes as Tortoise lets it (on the connection
     the block had); the trigger attributes its keys to whatever transaction that write lands
@@ -587,15 +587,23 @@ class IdleTransaction(RealityTransaction):
 
     def __init__(self, connection: BaseDBAsyncClient) -> None:
         super().__init__(connection)
-        self._reality_epoch = trigger_epoch[0]
-        self._reality_generation = _generation[0]
+        up = self._reality_up
+        if isinstance(up, IdleTransaction):
+            self._reality_since: _View = up._reality_since
+        else:  # the client has just found its coverage current under this view
+            seen = self._reality_base._reality_coverage
+            assert seen is not None
+            self._reality_since = seen.view
 
     def _reality_plain(self) -> bool:
-        return (self._reality_epoch == trigger_epoch[0]
-                and self._reality_generation == _generation[0])
+        """Nothing a statement is judged by (triggers made by this process, declarations,
+        max_keys) has changed since the transaction began."""
+        return self._reality_since.current(self._reality_client().reality_settings.max_keys)
 
     def acquire_connection(self) -> ConnectionWrapper[Any]:
         return cast(ConnectionWrapper[Any], super(RealityTransaction, self).acquire_connection())
+
+    # The two methods every ORM write goes through skip the dispatch as well.
 
     async def execute_insert(self, query: str, values: list[Any]) -> Any:
         if self._reality_plain():
@@ -608,22 +616,11 @@ class IdleTransaction(RealityTransaction):
             return await super(_Statements, self).execute_query(query, values, *args, **kwargs)
         return await super().execute_query(query, values, *args, **kwargs)
 
-    async def execute_query_dict(self, query: str, values: list[Any] | None = None) -> Any:
+    async def _reality_dispatch(self, name: str, sql: str, params: Any, many: bool,
+                                args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         if self._reality_plain():
-            return await super(_Statements, self).execute_query_dict(query, values)
-        return await super().execute_query_dict(query, values)
-
-    async def execute_many(self, query: str, values: list[list[Any]]) -> None:
-        if self._reality_plain():
-            await super(_Statements, self).execute_many(query, values)
-            return
-        await super().execute_many(query, values)
-
-    async def execute_script(self, query: str) -> None:
-        if self._reality_plain():
-            await super(_Statements, self).execute_script(query)
-            return
-        await super().execute_script(query)
+            return await self._reality_upper(name, args, kwargs)
+        return await super()._reality_dispatch(name, sql, params, many, args, kwargs)
 
 
 # --- executors: save() / create() / delete() ----------------------------------------------

@@ -39,10 +39,13 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 import pytest
 
+from reality_core.store import Dialect, create_table_statements, insert_epoch_statement
+
 __all__ = [
     "LocalCluster",
     "create_mysql_database",
     "create_pg_database",
+    "create_reality_tables",
     "drop_mysql_database",
     "drop_pg_database",
     "mysql_url",
@@ -330,6 +333,18 @@ def create_pg_database(server_url: str) -> str:
     with psycopg.connect(_libpq(server_url), autocommit=True, connect_timeout=10) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     return _with_db(server_url, name, "postgresql+psycopg")
+
+
+def create_reality_tables(conn: Any, dialect: Dialect, paramstyle: str) -> None:
+    """Reality's tables and epoch row, on an autocommit DB-API connection."""
+    cur = conn.cursor()
+    try:
+        for sql in create_table_statements(dialect):
+            cur.execute(sql)
+        sql, params = insert_epoch_statement(dialect, paramstyle)
+        cur.execute(sql, params)
+    finally:
+        cur.close()
 
 
 def drop_pg_database(url: str, server_url: str | None = None) -> None:

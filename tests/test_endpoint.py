@@ -28,7 +28,6 @@ from reality_core.store import (
     Snapshot,
     bump_statements,
     create_table_statements,
-    insert_epoch_statement,
     read_statement,
     snapshot_from_rows,
 )
@@ -97,14 +96,7 @@ class Store:
 
 def create_tables(conn: Any, url: DatabaseURL) -> None:
     """Reality's tables and epoch row, on an autocommit DB-API connection."""
-    cur = conn.cursor()
-    try:
-        for sql in create_table_statements(url.dialect):
-            cur.execute(sql)
-        sql, params = insert_epoch_statement(url.dialect, url.paramstyle)
-        cur.execute(sql, params)
-    finally:
-        cur.close()
+    dbs.create_reality_tables(conn, url.dialect, url.paramstyle)
 
 
 def open_store(request: pytest.FixtureRequest, tmp: Path, backend: str) -> Iterator[Store]:

@@ -20,7 +20,7 @@ import pytest
 
 from reality_core import DBAPIReader
 from reality_core.keys import declare, row_key, table_key
-from reality_core.store import LOG_TABLE, create_table_statements, fold, insert_epoch_statement
+from reality_core.store import LOG_TABLE, fold
 from reality_core.triggers import TriggerSpec, trigger_statements
 from reality_core.urls import DatabaseURL
 from tests import dbs
@@ -38,10 +38,7 @@ def url(pg_server_url: str, request: pytest.FixtureRequest) -> Iterator[str]:
     libpq = DatabaseURL.parse(db).libpq()
     exact = request.param == "exact"
     with psycopg.connect(libpq, autocommit=True) as conn:
-        for ddl in create_table_statements("postgresql"):
-            conn.execute(ddl)
-        sql, params = insert_epoch_statement("postgresql", "pyformat")
-        conn.execute(sql, params)
+        dbs.create_reality_tables(conn, "postgresql", "pyformat")
         conn.execute("CREATE TABLE orders (id integer PRIMARY KEY, room_id integer"
                      + (" NOT NULL)" if exact else ")"))
         decl = declare(owner="orders", table="orders", columns=["id", "room_id"],

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from reality_core.keys import Declaration, declare
-from reality_core.store import LOG_TABLE, create_table_statements, insert_epoch_statement
+from reality_core.store import LOG_TABLE
 from reality_core.triggers import TriggerSpec, trigger_statements
 from reality_core.urls import DatabaseURL
 from tests import dbs
@@ -70,10 +70,7 @@ def db(pg_server_url: str) -> Iterator[str]:
     url = dbs.create_pg_database(pg_server_url)
     libpq = DatabaseURL.parse(url).libpq()
     with psycopg.connect(libpq, autocommit=True) as conn:
-        for ddl in create_table_statements("postgresql"):
-            conn.execute(ddl)
-        sql, params = insert_epoch_statement("postgresql", "pyformat")
-        conn.execute(sql, params)
+        dbs.create_reality_tables(conn, "postgresql", "pyformat")
     try:
         yield libpq
     finally:
